@@ -1,0 +1,187 @@
+"""The experiment config schema, loading ``experiments/X.py[:variant]`` and validation.
+
+Every key an experiment may set is declared in ``base_config()`` with its default and
+type. Experiment files start from it and change values; they cannot invent keys, so a
+typo in a file or on the command line is an error instead of a silently ignored
+setting. The resolved config is written next to the run as JSON.
+"""
+
+import importlib.util
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from flam_jax.errors import ConfigError
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def base_config() -> ConfigDict:
+    """All known keys with their defaults (FLAM paper values where the spec gives them)."""
+    c = ConfigDict()
+    c.name = "flam"
+    c.seed = 0
+
+    c.model = ConfigDict()
+    c.model.audio_size = "base"  # a key of flam_jax.models.configs.HTSAT_CONFIGS
+    c.model.text_tower = "roberta-base"  # a key of flam_jax.models.configs.TEXT_CONFIGS
+    c.model.text_weights = ""  # local HF directory with pretrained text weights; "" = random
+    c.model.embed_dim = 512
+    c.model.per_text_scale = True  # ablation switch: alpha = exp(MLP) vs the constant 1
+    c.model.per_text_bias = True  # ablation switch: beta = MLP vs the constant 0
+    c.model.compute_dtype = "float32"  # activations; parameters are always float32
+    c.model.remat = "none"  # activation checkpointing policy for the towers
+    c.model.context_length = 77
+
+    c.data = ConfigDict()
+    c.data.dir = ""  # TFDS data_dir holding the built datasets
+    c.data.sed_clips = 8  # Na: mixtures per SED batch (global, across devices)
+    c.data.texts_per_clip = 5  # N: Nt <= N * Na texts per SED batch
+    c.data.global_batch = 8  # audio-caption pairs per global batch
+    c.data.frame_label_min_overlap = 0.5  # fraction of a frame an event must cover
+    c.data.workers = 0  # Grain worker processes per host; 0 = in-process
+    c.data.max_decode_errors = 100
+
+    c.loss = ConfigDict()
+    c.loss.w_clip = 1.0
+    c.loss.w_sed = 200.0
+    c.loss.w_prior = 1.0
+    c.loss.reference_normalizer = False  # True reproduces openflam's per-block means
+    c.loss.global_loss = "softmax"  # "softmax" (InfoNCE) or "sigmoid" (SigLIP-style)
+
+    c.optim = ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.warmup_steps = 3200
+    c.optim.decay = "cosine"  # "cosine", "linear" or "constant" after warmup
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.weight_decay = 0.0
+    c.optim.clip_norm = 0.0  # 0 disables global-norm clipping
+    c.optim.grad_accum = 1
+    c.optim.frozen = ""  # regex over parameter paths that are not trained
+    c.optim.low_lr = ""  # regex over parameter paths trained at lr * low_lr_factor
+    c.optim.low_lr_factor = 0.1
+
+    c.train = ConfigDict()
+    c.train.steps = 1000
+    c.train.log_every = 10
+    c.train.eval_every = 0  # 0 disables the validation hook
+    c.train.ckpt_every = 500
+    c.train.ckpt_keep = 3
+    c.train.ckpt_keep_every = 0  # also keep every K-th step; 0 = none
+    c.train.init_from = ""  # export directory to initialise parameters from
+
+    c.mesh = ConfigDict()
+    c.mesh.data = -1  # -1 = all devices not used by the other axes
+    c.mesh.fsdp = 1
+    return c
+
+
+def _schema_errors(config: ConfigDict, schema: ConfigDict, prefix: str = "") -> list[str]:
+    errors = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            errors.append(f"unknown config key '{path}'")
+            continue
+        expected = schema[key]
+        if isinstance(expected, ConfigDict):
+            if not isinstance(value, ConfigDict):
+                errors.append(f"config key '{path}' must be a section, got {value!r}")
+            else:
+                errors.extend(_schema_errors(value, expected, path + "."))
+        elif not _type_ok(value, expected):
+            errors.append(
+                f"config key '{path}' must be {type(expected).__name__}, got {type(value).__name__} {value!r}"
+            )
+    return errors
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return type(value) is type(expected)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(expected))
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+    """Check keys and types against the schema and the values against each other."""
+    errors = _schema_errors(config, base_config())
+    if errors:
+        raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    checks = [
+        (config.data.sed_clips > 0, "data.sed_clips must be positive"),
+        (config.data.texts_per_clip > 0, "data.texts_per_clip must be positive"),
+        (config.data.global_batch >= 0, "data.global_batch must be >= 0"),
+        (0 < config.data.frame_label_min_overlap <= 1, "data.frame_label_min_overlap must be in (0, 1]"),
+        (config.train.steps > 0, "train.steps must be positive"),
+        (config.optim.lr > 0, "optim.lr must be positive"),
+        (config.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
+        (
+            config.optim.decay in ("cosine", "linear", "constant"),
+            "optim.decay must be cosine, linear or constant",
+        ),
+        (config.loss.global_loss in ("softmax", "sigmoid"), "loss.global_loss must be softmax or sigmoid"),
+        (
+            config.model.compute_dtype in ("float32", "bfloat16"),
+            "model.compute_dtype must be float32 or bfloat16",
+        ),
+        (config.mesh.data == -1 or config.mesh.data > 0, "mesh.data must be -1 or positive"),
+        (config.mesh.fsdp == -1 or config.mesh.fsdp > 0, "mesh.fsdp must be -1 or positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return config
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``experiments/x.py:variant`` -> (path, variant)."""
+    path, sep, variant = spec.partition(":")
+    return path, (variant if sep else None)
+
+
+def load_experiment(spec: str) -> ConfigDict:
+    """Run ``get_config(variant)`` of an experiment file (no overrides, not validated)."""
+    path, variant = split_spec(spec)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("flam_experiment", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # the file is user code; report it in one line
+        raise ConfigError(f"cannot load config file {path}: {type(err).__name__}: {err}") from err
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config(arg) function")
+    try:
+        config = module.get_config(variant) if variant is not None else module.get_config()
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{path}: get_config({variant!r}) failed: {err}") from err
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict")
+    return config
+
+
+def has_path(config: ConfigDict, dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def write_resolved(config: ConfigDict, workdir: str) -> str:
+    """Write the resolved config to ``workdir/config.json`` and return the path."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

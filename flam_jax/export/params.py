@@ -1,0 +1,5 @@
+"""`flam-export` (placeholder until the inference and export issue lands)."""
+
+from flam_jax.cli import not_built
+
+run = not_built("flam-export", "inference and export issue")
