@@ -1,0 +1,81 @@
+"""Model sizes as frozen dataclasses, keyed by the names that ``config.model`` uses.
+
+``HTSAT_CONFIGS[config.model.audio_size]`` sizes the audio tower and
+``TEXT_CONFIGS[config.model.text_tower]`` the text tower (FLAM_SPEC §3, §4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# --------------------------------------------------------------------------------------
+# HTS-AT (audio tower). Owner: audio.
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HTSATConfig:
+    """One HTS-AT size. Front-end constants (48 kHz, 1024/480 STFT, 64 mels) are fixed."""
+
+    embed_dim: int  # C0, the width of stage 0
+    depths: tuple[int, ...]  # Swin blocks per stage
+    num_heads: tuple[int, ...]  # attention heads per stage
+    patch_size: int = 4  # patch embed kernel and stride (square)
+    window_size: int = 8
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.1  # stochastic depth, linear 0..rate over all blocks
+    spec_size: int = 256  # the folded log-mel image is spec_size x spec_size
+    mel_bins: int = 64
+    time_frames: int = 1024  # STFT frames are stretched to this many before the fold
+
+    def __post_init__(self):
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError("HTSATConfig: depths and num_heads must have the same length")
+        for stage, heads in enumerate(self.num_heads):
+            if (self.embed_dim * 2**stage) % heads:
+                raise ValueError(f"HTSATConfig: stage {stage} width not divisible by {heads} heads")
+        if self.final_grid % self.time_chunks or self.spec_size % self.patch_size:
+            raise ValueError("HTSATConfig: the final grid must split evenly into time chunks")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the final stage, i.e. of the pre-projection frame features."""
+        return self.embed_dim * 2 ** (self.num_stages - 1)
+
+    @property
+    def time_chunks(self) -> int:
+        """How many time chunks the fold stacks vertically (1024 frames / 256 columns)."""
+        return self.time_frames // self.spec_size
+
+    @property
+    def patch_grid(self) -> int:
+        return self.spec_size // self.patch_size
+
+    @property
+    def final_grid(self) -> int:
+        return self.patch_grid // 2 ** (self.num_stages - 1)
+
+    @property
+    def num_frames(self) -> int:
+        """Output frames per clip: every final-grid column of every time chunk."""
+        return self.time_chunks * self.final_grid
+
+
+HTSAT_CONFIGS: dict[str, HTSATConfig] = {
+    "tiny": HTSATConfig(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(4, 8, 16, 32)),
+    "base": HTSATConfig(embed_dim=128, depths=(2, 2, 12, 2), num_heads=(4, 8, 16, 32)),
+    "large": HTSATConfig(embed_dim=256, depths=(2, 2, 12, 2), num_heads=(4, 8, 16, 32)),
+    # 128 frames per 10 s: patch 2 and three stages leave a 32x32 final grid.
+    "base-12hz": HTSATConfig(embed_dim=192, depths=(2, 12, 2), num_heads=(8, 16, 32), patch_size=2),
+    # CPU demo: same geometry as tiny/base (32 frames per 10 s), far fewer FLOPs.
+    "demo": HTSATConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Text towers. Owner: text/heads. (TextConfig and TEXT_CONFIGS go below this line.)
+# --------------------------------------------------------------------------------------
