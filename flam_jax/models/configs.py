@@ -79,3 +79,81 @@ HTSAT_CONFIGS: dict[str, HTSATConfig] = {
 # --------------------------------------------------------------------------------------
 # Text towers. Owner: text/heads. (TextConfig and TEXT_CONFIGS go below this line.)
 # --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """One BERT-family text tower (FLAM_SPEC §4).
+
+    ``style="roberta"``: positions count real tokens from ``pad_id + 1`` (pads get
+    ``pad_id``), one token type. ``style="bert"``: positions 0..L-1, token types.
+    """
+
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    max_positions: int
+    type_vocab: int
+    pad_id: int
+    style: str  # "roberta" or "bert"
+    layer_norm_eps: float
+    dropout: float = 0.1  # hidden and attention-probability dropout (training only)
+    context_length: int = 77
+
+    def __post_init__(self):
+        if self.style not in ("roberta", "bert"):
+            raise ValueError(f"TextConfig: style must be 'roberta' or 'bert', got {self.style!r}")
+        if self.hidden % self.heads:
+            raise ValueError(f"TextConfig: hidden {self.hidden} not divisible by {self.heads} heads")
+        # RoBERTa positions run up to pad_id + context_length.
+        needed = self.context_length + (self.pad_id + 1 if self.style == "roberta" else 0)
+        if needed > self.max_positions:
+            raise ValueError(f"TextConfig: context {self.context_length} needs {needed} positions")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+TEXT_CONFIGS: dict[str, TextConfig] = {
+    "roberta-base": TextConfig(
+        vocab_size=50265,
+        hidden=768,
+        layers=12,
+        heads=12,
+        ffn=3072,
+        max_positions=514,
+        type_vocab=1,
+        pad_id=1,
+        style="roberta",
+        layer_norm_eps=1e-5,
+    ),
+    # Two layers of roberta-base's width: fast tests and parity checks.
+    "roberta-tiny": TextConfig(
+        vocab_size=50265,
+        hidden=768,
+        layers=2,
+        heads=12,
+        ffn=3072,
+        max_positions=514,
+        type_vocab=1,
+        pad_id=1,
+        style="roberta",
+        layer_norm_eps=1e-5,
+    ),
+    # sentence-transformers/all-MiniLM-L6-v2 (uncased WordPiece, 30522 tokens).
+    "minilm-l6": TextConfig(
+        vocab_size=30522,
+        hidden=384,
+        layers=6,
+        heads=12,
+        ffn=1536,
+        max_positions=512,
+        type_vocab=2,
+        pad_id=0,
+        style="bert",
+        layer_norm_eps=1e-12,
+    ),
+}
