@@ -1,0 +1,89 @@
+"""``flam_strong``: clips with timed events, from DCASE-style TSV annotations.
+
+Manual directory: one ``{split}.tsv`` per split (train, validation, test) with columns
+``filename onset offset event_label`` (DESED, UrbanSED, MAESTRO) or the AudioSet-strong
+names ``segment_id start_time_seconds end_time_seconds label``; a row with empty
+onset/offset marks a clip without events. Audio lives in ``audio/{split}/`` or ``audio/``.
+Each event's ``caption`` is its label made readable ("Alarm_bell_ringing" -> "alarm bell
+ringing"); closed-set SED data enter training with class names as texts.
+"""
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from flam_jax.data.builders import common
+from flam_jax.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+FILE_COLUMNS = ("filename", "segment_id", "file")
+ONSET_COLUMNS = ("onset", "start_time_seconds", "start")
+OFFSET_COLUMNS = ("offset", "end_time_seconds", "end")
+LABEL_COLUMNS = ("event_label", "label")
+
+
+def read_events(path: str) -> "OrderedDict[str, list[tuple[float, float, str]]]":
+    clips: OrderedDict[str, list[tuple[float, float, str]]] = OrderedDict()
+    for number, row in enumerate(common.read_table(path, delimiter="\t"), 2):
+        name = common.column(row, FILE_COLUMNS, path)
+        events = clips.setdefault(name, [])
+        onset, offset = common.column(row, ONSET_COLUMNS, path), common.column(row, OFFSET_COLUMNS, path)
+        label = common.column(row, LABEL_COLUMNS, path)
+        if not onset and not offset:
+            continue
+        try:
+            start, end = float(onset), float(offset)
+        except ValueError as err:
+            raise DataError(f"{path}:{number}: onset/offset are not numbers") from err
+        if end < start or not label:
+            raise DataError(f"{path}:{number}: event needs offset >= onset and a label")
+        events.append((start, end, label))
+    return clips
+
+
+class FlamStrong(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "A folder with {split}.tsv annotations and audio/ (DCASE layout)."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Strongly labelled SED clips (FLAC, 48 kHz mono) with timed events.",
+            features=common.audio_features(
+                events=tfds.features.Sequence(
+                    {
+                        "onset": tfds.features.Scalar(dtype=np.float32),
+                        "offset": tfds.features.Scalar(dtype=np.float32),
+                        "label": tfds.features.Text(),
+                        "caption": tfds.features.Text(),
+                    }
+                )
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        folder = common.manual_dir(dl_manager, "flam_strong")
+        present = [s for s in SPLITS if os.path.isfile(os.path.join(folder, f"{s}.tsv"))]
+        if not present:
+            raise DataError(f"flam_strong: no train/validation/test .tsv in {folder}")
+        return {s: self._generate_examples(folder, s) for s in present}
+
+    def _generate_examples(self, folder, split):
+        clips = read_events(os.path.join(folder, f"{split}.tsv"))
+        audio_dirs = [os.path.join(folder, "audio", split), os.path.join(folder, "audio"), folder]
+
+        def items():
+            for name, events in clips.items():
+                features = {
+                    "events": {
+                        "onset": [e[0] for e in events],
+                        "offset": [e[1] for e in events],
+                        "label": [e[2] for e in events],
+                        "caption": [common.humanise_label(e[2]) for e in events],
+                    }
+                }
+                yield name, common.find_audio(audio_dirs, [name]), features
+
+        return common.examples(items(), "flam_strong")
