@@ -50,6 +50,10 @@ def base_config() -> ConfigDict:
     c.loss.w_prior = 1.0
     c.loss.reference_normalizer = False  # True reproduces openflam's per-block means
     c.loss.global_loss = "softmax"  # "softmax" (InfoNCE) or "sigmoid" (SigLIP-style)
+    c.loss.logit_scale_max = 0.0  # clamp of tau = exp(logit_scale); 0 = none (openflam)
+    c.loss.sigmoid_bias = -10.0  # bias of the "sigmoid" global loss (SigLIP's init)
+    c.loss.framewise_scale = 1.0  # global frame-wise logit scale (fixed, spec §5)
+    c.loss.framewise_bias = 0.0  # global frame-wise logit bias (fixed, spec §5)
 
     c.optim = ConfigDict()
     c.optim.lr = 1e-4
@@ -59,10 +63,6 @@ def base_config() -> ConfigDict:
     c.optim.b2 = 0.999
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 0.0  # 0 disables global-norm clipping
-    c.loss.logit_scale_max = 0.0  # clamp of tau = exp(logit_scale); 0 = none (openflam)
-    c.loss.sigmoid_bias = -10.0  # bias of the "sigmoid" global loss (SigLIP's init)
-    c.loss.framewise_scale = 1.0  # global frame-wise logit scale (fixed, spec §5)
-    c.loss.framewise_bias = 0.0  # global frame-wise logit bias (fixed, spec §5)
     c.optim.grad_accum = 1
     c.optim.frozen = ""  # regex over parameter paths that are not trained
     c.optim.low_lr = ""  # regex over parameter paths trained at lr * low_lr_factor
