@@ -43,6 +43,12 @@ def base_config() -> ConfigDict:
     c.data.frame_label_min_overlap = 0.5  # fraction of a frame an event must cover
     c.data.workers = 0  # Grain worker processes per host; 0 = in-process
     c.data.max_decode_errors = 100
+    c.data.sed_dataset = "clips"  # builder kind[/config] the simulator draws clips from
+    c.data.global_dataset = "clips"  # builder kind[/config] of the global batch's pairs
+    c.data.split = "train"  # split both training pipelines read
+    c.data.max_events = 10  # N ~ U(1, max_events) events per simulated mixture
+    c.data.pool_cache = 256  # decoded clips cached per worker
+    c.data.prefetch = 2  # batches buffered per Grain worker
 
     c.loss = ConfigDict()
     c.loss.w_clip = 1.0
@@ -121,6 +127,8 @@ def validate(config: ConfigDict) -> ConfigDict:
         (config.data.texts_per_clip > 0, "data.texts_per_clip must be positive"),
         (config.data.global_batch >= 0, "data.global_batch must be >= 0"),
         (0 < config.data.frame_label_min_overlap <= 1, "data.frame_label_min_overlap must be in (0, 1]"),
+        (config.data.max_events >= 1, "data.max_events must be >= 1"),
+        (config.data.max_decode_errors >= 0, "data.max_decode_errors must be >= 0"),
         (config.train.steps > 0, "train.steps must be positive"),
         (config.optim.lr > 0, "optim.lr must be positive"),
         (config.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),

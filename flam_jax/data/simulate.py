@@ -223,6 +223,8 @@ def _pieces(segment, mode, rng, cfg: SimulatorConfig) -> list[tuple[int, int, in
         return [(0, len(segment), 0)]
     count = int(rng.integers(cfg.pieces[0], cfg.pieces[1] + 1))
     gaps = (rng.uniform(*cfg.gap_s, size=count - 1) * rate).astype(int)
+    if gaps.sum() > total // 2:  # short mixtures: silence may take at most half
+        gaps = gaps * (total // 2) // gaps.sum()
     if mode == "repeat":
         length = min(len(segment), (total - int(gaps.sum())) // count)
         offsets = np.concatenate([[0], np.cumsum(gaps + length)])[:count]
@@ -234,7 +236,7 @@ def _pieces(segment, mode, rng, cfg: SimulatorConfig) -> list[tuple[int, int, in
     for k in range(count):
         out.append((int(bounds[k]), int(bounds[k + 1]), offset))
         offset += int(bounds[k + 1] - bounds[k]) + (int(gaps[k]) if k < count - 1 else 0)
-    return [p for p in out if p[1] > p[0]]
+    return [p for p in out if p[1] > p[0]] or [(0, min(len(segment), total), 0)]
 
 
 def _event_pieces(segment, mode, rng, cfg) -> list[Piece]:
