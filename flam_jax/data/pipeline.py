@@ -142,6 +142,10 @@ def _indices(count, seed, process_index, process_count, num_epochs):
 def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDataset:
     it = ds.to_iter_dataset()
     if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
+            flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer)
         it = it.mp_prefetch(options)
     return it
