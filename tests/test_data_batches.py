@@ -58,7 +58,7 @@ def test_shared_captions_are_one_text_positive_wherever_they_sound():
     np.testing.assert_array_equal(labels[1, horn], frames())
     assert labels[:, 3:].sum() == 0 and np.all(ids[3:] == B.PAD_CAPTION_ID)
     assert batch["audio_mask"].all() and batch["text_tokens"].shape == (10, 8)
-    # Padding slots are tokenized as "" (a valid row), never as an all-masked one.
+    # Padding slots hold a real (masked) text, never an all-masked row.
     assert np.all(batch["text_attention"].sum(1) >= 1)
 
 

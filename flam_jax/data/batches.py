@@ -19,6 +19,8 @@ from flam_jax.data.simulate import Mixture
 from flam_jax.errors import DataError
 
 PAD_CAPTION_ID = 0  # real caption ids are never 0
+# Text encoded in padding slots: tokenizers reject "", and an all-masked row can give NaNs.
+PAD_TEXT = "padding"
 
 
 class TextTokenizer(Protocol):
@@ -84,7 +86,7 @@ def sed_batch(mixtures: Sequence[Mixture], tokenizer: TextTokenizer, spec: SedBa
     audio = np.zeros((spec.clips, spec.num_samples), dtype=np.float32)
     audio_mask = np.zeros(spec.clips, dtype=bool)
     labels = np.zeros((spec.clips, nt_g, spec.frames), dtype=np.uint8)
-    texts = [""] * (spec.groups * nt_g)
+    texts = [PAD_TEXT] * (spec.groups * nt_g)
     text_mask = np.zeros(spec.groups * nt_g, dtype=bool)
     caption_ids = np.full(spec.groups * nt_g, PAD_CAPTION_ID, dtype=np.int32)
     for g in range(spec.groups):
@@ -105,7 +107,6 @@ def sed_batch(mixtures: Sequence[Mixture], tokenizer: TextTokenizer, spec: SedBa
                 j = slot.get(normalise_caption(caption))
                 if j is not None:
                     labels[row, j] |= frames.astype(np.uint8)
-    # Padding slots are encoded as "" so the text tower never sees an all-masked row.
     ids, attention = tokenizer.encode(texts)
     return {
         "audio": audio,
