@@ -251,11 +251,16 @@ PSDS2 = PSDSParams(dtc=0.1, gtc=0.1, cttc=0.3, alpha_ct=0.5, alpha_st=1.0, max_e
 
 
 def _onset_deltas(scores: np.ndarray) -> np.ndarray:
-    """+1 where a run is born (local max), −1 where two runs merge (local min), along frames."""
-    pad = np.full((*scores.shape[:-1], 1), -np.inf)
-    prev = np.concatenate([pad, scores[..., :-1]], -1)
-    nxt = np.concatenate([scores[..., 1:], pad], -1)
-    return (scores > prev).astype(np.int32) - (nxt > scores).astype(np.int32)
+    """+1 where a run is born (local max), −1 where two runs merge (local min), along frames.
+
+    Equals (s_t > s_{t−1}) − (s_{t+1} > s_t) with s_{−1} = s_F = −∞.
+    """
+    rises = (scores[..., 1:] > scores[..., :-1]).astype(np.int8)
+    out = np.zeros(scores.shape, dtype=np.int8)
+    out[..., 0] = 1
+    out[..., 1:] = rises
+    out[..., :-1] -= rises
+    return out
 
 
 def _pair_deltas(
@@ -279,7 +284,7 @@ def _pair_deltas(
     other classes, weight = 1 / ((classes − 1) · their total duration).
     """
     num_pairs, frames = scores.shape
-    order = np.argsort(scores, axis=1, kind="stable")
+    order = np.argsort(scores, axis=1)  # tied frames share a detection set: any order
     thresholds = np.take_along_axis(scores, order, 1)
     detected = scores[:, None, :] >= thresholds[:, :, None]  # [P, K=F, F]
     row, start, end = runs(detected)
@@ -361,7 +366,7 @@ def intersection_operating_points(
     durations=None,
     hop: float = FRAME_HOP_S,
     pair_chunk: int = 2048,
-    class_chunk: int = 16,
+    class_chunk: int = 32,
 ) -> OperatingPoints:
     """Exact intersection-based statistics for every threshold (the engine of PSDS and F1)."""
     gt = (
@@ -395,32 +400,39 @@ def intersection_operating_points(
     thresholds, tps_out, fps_out, ct_out = [], [], [], []
     for c0 in range(0, num_classes, class_chunk):
         cls_ids = np.arange(c0, min(c0 + class_chunk, num_classes))
-        block = scores[:, cls_ids, :].astype(np.float64)
+        block = np.ascontiguousarray(scores[:, cls_ids, :].transpose(1, 0, 2), dtype=np.float64)  # [q, N, F]
         d_fps = _onset_deltas(block).astype(np.float64)
         d_tps = np.zeros_like(d_fps)
-        d_cts = np.zeros_like(d_fps)
-        need = present[:, cls_ids] | (clip_has_gt[:, None] if cttc is not None else False)
-        pair_clip, pair_j = np.nonzero(need)
+        d_cts = np.zeros_like(d_fps) if cttc is not None else None
+        need = present[:, cls_ids].T | (clip_has_gt[None, :] if cttc is not None else False)
+        pair_j, pair_clip = np.nonzero(need)
         for p0 in range(0, len(pair_clip), pair_chunk):
             pc, pj = pair_clip[p0 : p0 + pair_chunk], pair_j[p0 : p0 + pair_chunk]
             target = gt.padded(pc, cls_ids[pj])
             others = None
             if cttc is not None:
                 others = _other_class_events(gt, present, pc, cls_ids[pj], ct_weight)
-            f, t, c = _pair_deltas(block[pc, pj], target, others, edges, dtc, gtc, cttc)
-            d_fps[pc, pj], d_tps[pc, pj], d_cts[pc, pj] = f, t, c
-        for j, _cls in enumerate(cls_ids):
-            s = block[:, j, :].reshape(-1)
-            deltas = np.stack([d_tps[:, j].reshape(-1), d_fps[:, j].reshape(-1), d_cts[:, j].reshape(-1)])
-            change = np.flatnonzero(np.any(deltas != 0, axis=0))
-            order = change[np.argsort(s[change], kind="stable")]
-            s_sorted = s[order]
-            suffix = np.cumsum(deltas[:, order][:, ::-1], axis=1)[:, ::-1]
-            first = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1] if s_sorted.size else np.zeros(0, int)
-            thresholds.append(np.r_[s_sorted[first], np.inf])
-            tps_out.append(np.r_[np.round(suffix[0, first]), 0.0])
-            fps_out.append(np.r_[np.round(suffix[1, first]), 0.0])
-            ct_out.append(np.r_[suffix[2, first], 0.0])
+            f, t, c = _pair_deltas(block[pj, pc], target, others, edges, dtc, gtc, cttc)
+            d_fps[pj, pc], d_tps[pj, pc] = f, t
+            if cttc is not None:
+                d_cts[pj, pc] = c
+        # Statistics at τ = sum of the deltas of all frames with score ≥ τ: sort each
+        # class's scores once, take reverse cumulative sums, read them at tie-group starts.
+        rows = block.reshape(len(cls_ids), -1)
+        order = np.argsort(rows, axis=1)
+        s_sorted = np.take_along_axis(rows, order, 1)
+        group_start = np.ones(s_sorted.shape, dtype=bool)
+        group_start[:, 1:] = s_sorted[:, 1:] != s_sorted[:, :-1]
+        stats = []
+        for d in (d_tps, d_fps, d_cts) if cttc is not None else (d_tps, d_fps):
+            d_rows = np.take_along_axis(d.reshape(len(cls_ids), -1), order, 1)
+            stats.append(np.cumsum(d_rows[:, ::-1], axis=1)[:, ::-1])
+        for j in range(len(cls_ids)):
+            at = group_start[j]
+            thresholds.append(np.r_[s_sorted[j, at], np.inf])
+            tps_out.append(np.r_[np.round(stats[0][j, at]), 0.0])
+            fps_out.append(np.r_[np.round(stats[1][j, at]), 0.0])
+            ct_out.append(np.r_[stats[2][j, at], 0.0] if cttc is not None else np.zeros(at.sum() + 1))
     return OperatingPoints(
         thresholds, tps_out, fps_out, ct_out, n_ref, float(durations.sum()), classes, len(class_names)
     )
