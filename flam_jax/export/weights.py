@@ -107,7 +107,8 @@ class Conversion:
             raise CheckpointError(
                 f"{self.what}: {source_key} has shape {tuple(value.shape)} but {target} needs {need}"
             )
-        self.out[target] = np.ascontiguousarray(value, dtype=np.float32 if value.dtype.kind == "f" else None)
+        # np.array, not ascontiguousarray: the latter turns 0-d scalars into shape (1,).
+        self.out[target] = np.array(value, dtype=np.float32 if value.dtype.kind == "f" else None, order="C")
 
     def move(self, source_key: str, target: str, transform: Callable[[np.ndarray], np.ndarray] | None = None):
         """take + optional transform + put."""

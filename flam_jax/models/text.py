@@ -14,7 +14,13 @@ from flax import nnx
 
 from flam_jax.models.configs import TextConfig
 
-REMAT_POLICIES = ("none", "block", "dots")
+# The same names as the audio tower's (models.htsat.REMAT_POLICIES): what a layer's
+# backward pass may keep instead of recomputing.
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 # Hugging Face BERT/RoBERTa initialisation, used when a tower is trained from scratch.
 _normal = nnx.initializers.normal(0.02)
@@ -78,15 +84,16 @@ class TextLayer(nnx.Module):
 class TextEncoder(nnx.Module):
     """Embeddings, ``cfg.layers`` post-LN layers and the tanh pooler.
 
-    ``dtype`` is the compute dtype (parameters stay fp32); ``remat`` is "none", "block"
-    (recompute each layer in the backward pass) or "dots" (save only matmul outputs).
+    ``dtype`` is the compute dtype (parameters stay fp32); ``remat`` is a key of
+    ``REMAT_POLICIES`` ("block" recomputes each layer in the backward pass).
     """
 
-    def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, compute_dtype="float32", remat: str = "none"):
         if remat not in REMAT_POLICIES:
-            raise ValueError(f"TextEncoder: remat must be one of {REMAT_POLICIES}, got {remat!r}")
+            raise ValueError(f"TextEncoder: remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
         self.cfg = cfg
         self.remat = remat
+        dtype = jnp.dtype(compute_dtype)
         self.word_embeddings = nnx.Embed(
             cfg.vocab_size, cfg.hidden, dtype=dtype, embedding_init=_normal, rngs=rngs
         )
@@ -109,7 +116,7 @@ class TextEncoder(nnx.Module):
         *,
         train: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
-        """(last hidden states [N,L,hidden], pooled [N,hidden])."""
+        """(last hidden states [N,L,hidden] in the compute dtype, pooled [N,hidden] float32)."""
         ids = jnp.asarray(ids, jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(ids)
@@ -126,14 +133,12 @@ class TextEncoder(nnx.Module):
         def run_layer(layer: TextLayer, x: jax.Array, bias: jax.Array) -> jax.Array:
             return layer(x, bias, train=train)
 
-        if self.remat == "block":
-            run_layer = nnx.remat(run_layer)
-        elif self.remat == "dots":
-            run_layer = nnx.remat(run_layer, policy=jax.checkpoint_policies.checkpoint_dots)
+        if self.remat != "none":
+            run_layer = nnx.remat(run_layer, policy=REMAT_POLICIES[self.remat])
         for layer in self.layers:
             x = run_layer(layer, x, attention_bias)
         pooled = jnp.tanh(self.pooler(x[:, 0]))
-        return x, pooled
+        return x, pooled.astype(jnp.float32)
 
     def __call__(
         self,
