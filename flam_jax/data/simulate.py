@@ -109,7 +109,7 @@ class ClipPool:
         self.background_indices = np.flatnonzero(flags)
         self.event_indices = np.flatnonzero(~flags)
         self._background_set = frozenset(self.background_indices.tolist())
-        self._cache: dict[int, tuple[np.ndarray, float]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
         self._cache_size = cache_size
 
     def __len__(self) -> int:
@@ -129,15 +129,22 @@ class ClipPool:
 
     def audio(self, index: int) -> tuple[np.ndarray, float]:
         """(waveform, A-weighted RMS in dBFS over the whole clip); AudioDecodeError if corrupt."""
+        wave, _, level = self.clip(index)
+        return wave, level
+
+    def clip(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(waveform, its A-weighted version, A-weighted level in dBFS), cached."""
         hit = self._cache.pop(index, None)
         if hit is None:
             wave = self._load(index)
             if wave.size == 0:
                 raise AudioDecodeError(f"audio record {self.name(index)} holds no samples")
-            hit = (wave, loudness_db(audio_io.a_weight(wave)))
-            if len(self._cache) >= self._cache_size:
+            weighted = audio_io.a_weight(wave)
+            hit = (wave, weighted, loudness_db(weighted))
+            while self._cache and len(self._cache) >= self._cache_size:
                 self._cache.pop(next(iter(self._cache)))
-        self._cache[index] = hit
+        if self._cache_size > 0:
+            self._cache[index] = hit
         return hit
 
 
@@ -165,11 +172,12 @@ def _window_power(weighted: np.ndarray, start: int, window: int) -> tuple[int, n
     buffer = np.zeros(count * window, dtype=np.float32)
     buffer[pad : pad + len(weighted)] = weighted
     blocks = buffer.reshape(count, window)
-    return first, np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / window
+    return first, np.einsum("ij,ij->i", blocks, blocks).astype(np.float64) / window
 
 
 def _fade(piece: np.ndarray, fade: int) -> np.ndarray:
-    piece = piece.astype(np.float32, copy=True)
+    """A faded copy of ``piece`` (linear ramps of ``fade`` samples at both ends)."""
+    piece = np.array(piece, dtype=np.float32)
     n = min(fade, len(piece) // 2)
     if n > 0:
         ramp = np.linspace(0.0, 1.0, n, endpoint=False, dtype=np.float32)
@@ -183,19 +191,14 @@ def loop_to_length(wave: np.ndarray, length: int, crossfade: int) -> np.ndarray:
     if len(wave) >= length:
         return wave[:length]
     crossfade = min(crossfade, len(wave) // 2)
-    out = np.zeros(length + len(wave), dtype=np.float32)
-    out[: len(wave)] = wave
-    pos = len(wave)
+    period = len(wave) - crossfade
+    # Copy k >= 1 starts at k * period: its first ``crossfade`` samples blend into the
+    # previous copy's tail, so every later period is the same blended cycle.
     ramp = np.linspace(0.0, 1.0, crossfade, dtype=np.float32)
-    while pos < length:
-        start = pos - crossfade
-        piece = wave.copy()
-        if crossfade:
-            out[start:pos] *= 1.0 - ramp
-            piece[:crossfade] *= ramp
-        out[start : start + len(wave)] += piece
-        pos = start + len(wave)
-    return out[:length]
+    blend = wave[:crossfade] * ramp + wave[period:] * (1.0 - ramp)
+    cycle = np.concatenate([blend, wave[crossfade:period]])
+    repeats = -(-(length - period) // period)
+    return np.concatenate([wave[:period], np.tile(cycle, repeats)])[:length].astype(np.float32, copy=False)
 
 
 def coloured_noise(rng: np.random.Generator, length: int, rate: int) -> np.ndarray:
@@ -239,17 +242,26 @@ def _pieces(segment, mode, rng, cfg: SimulatorConfig) -> list[tuple[int, int, in
     return [p for p in out if p[1] > p[0]] or [(0, min(len(segment), total), 0)]
 
 
-def _event_pieces(segment, mode, rng, cfg) -> list[Piece]:
+def _event_pieces(segment, weighted_segment, mode, rng, cfg) -> list[Piece]:
+    """Faded pieces with their A-weighted versions.
+
+    With ``weighted_segment`` (the cached A-weighted clip) a piece's weighted signal is
+    that slice with the same fades, which differs from filtering the faded piece only
+    within a few ms of its ends; without it the piece is filtered exactly.
+    """
     sos = audio_io.a_weighting_sos(cfg.sample_rate)
     fade = round(cfg.fade_s * cfg.sample_rate)
-    out, filtered = [], {}
+    out, done = [], {}
     for start, end, offset in _pieces(segment, mode, rng, cfg):
         key = (start, end)
-        if key not in filtered:  # repetitions share one filtering
+        if key not in done:  # repetitions share one piece
             faded = _fade(segment[start:end], fade)
-            filtered[key] = (faded, signal.sosfilt(sos, faded).astype(np.float32))
-        faded, weighted = filtered[key]
-        out.append(Piece(faded, weighted, offset))
+            if weighted_segment is None:
+                weighted = signal.sosfilt(sos, faded).astype(np.float32)
+            else:
+                weighted = _fade(weighted_segment[start:end], fade)
+            done[key] = (faded, weighted)
+        out.append(Piece(*done[key], offset))
     return out
 
 
@@ -340,9 +352,8 @@ def _background(pool, rng, cfg, primary, errors) -> tuple[np.ndarray, str]:
 
 
 def _at_level(wave, level_db, target_db) -> np.ndarray:
-    if level_db <= audio_io.SILENCE_DB + 1:
-        return wave.astype(np.float32)
-    return (wave * 10.0 ** ((target_db - level_db) / 20.0)).astype(np.float32)
+    gain = 1.0 if level_db <= audio_io.SILENCE_DB + 1 else 10.0 ** ((target_db - level_db) / 20.0)
+    return np.multiply(wave, np.float32(gain), dtype=np.float32)
 
 
 def _draw_events(pool, rng, count, primary) -> list[int]:
@@ -378,14 +389,14 @@ def simulate(
     while queue:
         index = queue.pop(0)
         try:
-            wave, _ = pool.audio(index)
+            wave, weighted, _ = pool.clip(index)
         except AudioDecodeError:
             errors.append(pool.name(index))
             if retries < cfg.decode_retries:
                 retries += 1
                 queue.extend(_draw_events(pool, rng, 1, None))
             continue
-        event = _make_event(pool, index, wave, rng, cfg)
+        event = _make_event(pool, index, wave, weighted, rng, cfg)
         span = max(p.offset + len(p.audio) for p in event.pieces)
         for _ in range(cfg.placement_tries):
             onset = int(rng.integers(0, max(cfg.num_samples - span, 0) + 1))
@@ -410,18 +421,18 @@ def simulate(
     )
 
 
-def _make_event(pool, index, wave, rng, cfg) -> PlacedEvent:
+def _make_event(pool, index, wave, weighted, rng, cfg) -> PlacedEvent:
     captions = pool.captions(index)
     caption = captions[int(rng.integers(len(captions)))] if captions else ""
     limit = round(cfg.max_event_s * cfg.sample_rate)
     if len(wave) > limit:
         start = int(rng.integers(0, len(wave) - limit + 1))
-        wave = wave[start : start + limit]
+        wave, weighted = wave[start : start + limit], weighted[start : start + limit]
     roll = rng.random()
     mode = "fragment" if roll < cfg.fragment_prob else "plain"
     if cfg.fragment_prob <= roll < cfg.fragment_prob + cfg.repeat_prob:
         mode = "repeat"
-    pieces = _event_pieces(wave, mode, rng, cfg)
+    pieces = _event_pieces(wave, weighted, mode, rng, cfg)
     offset_db = rng.uniform(*cfg.event_db)
     gain = 10.0 ** ((cfg.background_db + offset_db - _loud_part_db(pieces, cfg)) / 20.0)
     return PlacedEvent(caption, pool.name(index), pieces, onset=0, gain=float(gain))
@@ -440,6 +451,6 @@ def make_event(
 
     For building mixtures by hand (tests, tools); ``render`` turns them into labels.
     """
-    pieces = _event_pieces(np.asarray(audio, dtype=np.float32), "plain", None, cfg)
+    pieces = _event_pieces(np.asarray(audio, dtype=np.float32), None, "plain", None, cfg)
     gain = 10.0 ** ((level_db - _loud_part_db(pieces, cfg)) / 20.0)
     return PlacedEvent(caption, source, pieces, onset=int(onset), gain=float(gain))
