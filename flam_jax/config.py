@@ -40,6 +40,9 @@ def base_config() -> ConfigDict:
     c.data.sed_clips = 8  # Na: mixtures per SED batch (global, across devices)
     c.data.texts_per_clip = 5  # N: Nt <= N * Na texts per SED batch
     c.data.global_batch = 8  # audio-caption pairs per global batch
+    # Self-contained SED blocks (texts drawn from the block's own clips) per global SED
+    # batch; 0 = one per device. Fixing it makes the loss independent of the device count.
+    c.data.sed_groups = 0
     c.data.frame_label_min_overlap = 0.5  # fraction of a frame an event must cover
     c.data.workers = 0  # Grain worker processes per host; 0 = in-process
     c.data.max_decode_errors = 100
@@ -86,6 +89,12 @@ def base_config() -> ConfigDict:
     c.mesh = ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by the other axes
     c.mesh.fsdp = 1
+    # Explicit partition rules, "regex=spec;..." (spec: per-dim axes "fsdp,none" or
+    # "replicate"); first match wins. Unmatched leaves: see shard_min_size.
+    c.mesh.rules = ""
+    # Leaves with fewer elements are replicated; larger ones are split over 'fsdp' along
+    # their largest evenly divisible dimension.
+    c.mesh.shard_min_size = 2**16
     return c
 
 

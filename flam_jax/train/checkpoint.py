@@ -1,0 +1,112 @@
+"""Orbax checkpoints holding the train state and the data iterator as one step.
+
+Layout: ``WORKDIR/checkpoints/<step>/state`` (the TrainState pytree, tensorstore) and
+``WORKDIR/checkpoints/<step>/data/process_<i>-of-<n>.json`` (each host's Grain
+iterator state). Orbax writes a step into a temporary directory and renames it when
+every item is complete, so a process killed mid-save leaves only a temporary directory,
+which is ignored (and removed) on the next start: the previous step stays the latest.
+"""
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from flam_jax.errors import CheckpointError
+from flam_jax.train.sharding import path_name
+
+STATE, DATA = "state", "data"
+
+
+def _describe(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+
+class Checkpointer:
+    """Async save / restore of (TrainState, data iterator) under ``directory``."""
+
+    def __init__(self, directory: str, *, keep: int, keep_every: int = 0, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep if keep > 0 else None,
+            keep_period=keep_every if keep_every > 0 else None,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        try:
+            # Handlers named up front so that a fresh manager can read metadata of old steps.
+            handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler()}
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {err}") from err
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def save(self, step: int, state, data_iterator: Any = None, *, force: bool = False) -> bool:
+        """Start saving; returns at once when async (the arrays are already copied to host)."""
+        items = {STATE: ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, step: int, abstract_state, data_iterator: Any = None):
+        """Restore ``step`` onto the shardings of ``abstract_state`` (any device count).
+
+        Also moves ``data_iterator`` to the saved position. A missing, corrupt or
+        mismatched checkpoint raises a one-line CheckpointError naming it.
+        """
+        where = self.step_dir(step)
+        self._check_compatible(step, abstract_state)
+        items = {STATE: ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            if not os.path.isdir(os.path.join(where, DATA)):
+                raise CheckpointError(f"checkpoint {where} has no data iterator state")
+            items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except CheckpointError:
+            raise
+        except Exception as err:  # Orbax/tensorstore raise many types for a damaged file
+            raise CheckpointError(
+                f"checkpoint {where} cannot be restored: {type(err).__name__}: {str(err)[:300]}"
+            ) from err
+        return restored[STATE]
+
+    def _check_compatible(self, step: int, abstract_state) -> None:
+        where = self.step_dir(step)
+        try:
+            meta = self.manager.item_metadata(step)
+            stored = meta[STATE] if meta is not None else None
+        except Exception as err:
+            raise CheckpointError(f"checkpoint {where} is unreadable: {type(err).__name__}: {err}") from err
+        if stored is None:
+            raise CheckpointError(f"checkpoint {where} has no train state")
+        saved, wanted = _describe(stored), _describe(abstract_state)
+        missing = sorted(set(wanted) - set(saved))
+        extra = sorted(set(saved) - set(wanted))
+        if missing or extra:
+            what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+            count = len(missing) + len(extra)
+            raise CheckpointError(
+                f"checkpoint {where} does not match this model/optimiser ({what}; {count} differences)"
+            )
+        for name, shape in wanted.items():
+            if saved[name] != shape:
+                raise CheckpointError(
+                    f"checkpoint {where} does not match this model: {name} is {saved[name]}, expected {shape}"
+                )
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

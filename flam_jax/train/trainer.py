@@ -1,0 +1,283 @@
+"""``train_and_evaluate(config, workdir)``: the sharded train loop.
+
+One step = one jitted function over the whole TrainState (donated) and one global
+batch, with explicit in/out shardings. The loop restores the workdir's latest complete
+checkpoint, logs a progress line and metrics, checkpoints every ``train.ckpt_every``
+steps, saves and returns on SIGTERM, and stops with a clear error on a non-finite loss
+(only finite states are ever checkpointed).
+
+The model, the data iterator and the objective come from factories so that tests and
+benchmarks can swap in small stand-ins; the defaults build the real FLAM pieces.
+"""
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from flam_jax.errors import FlamError, NotBuiltError
+from flam_jax.train import sharding as sharding_lib
+from flam_jax.train.checkpoint import Checkpointer
+from flam_jax.train.metrics import MetricWriter, Progress
+from flam_jax.train.optim import make_optimizer
+from flam_jax.train.state import ModelDef, TrainState
+
+ModelFactory = Callable[..., nnx.Module]  # (config, rngs) -> module
+DataFactory = Callable[..., Any]  # (config, mesh) -> iterator of host-local batches
+ObjectiveFactory = Callable[..., Callable]  # (config, mesh) -> objective(model, batch)
+EvalFn = Callable[..., dict]  # (model, step) -> {name: float}
+
+
+class NonFiniteLossError(FlamError):
+    """The loss became NaN or infinite; the last checkpoint (if any) is still good."""
+
+
+def default_model_factory(config, rngs: nnx.Rngs) -> nnx.Module:
+    from flam_jax.models.flam import build_model
+
+    return build_model(config.model, rngs=rngs)
+
+
+def default_objective_factory(config, mesh):
+    from flam_jax.train.objective import make_objective
+
+    return make_objective(config, mesh)
+
+
+def default_data_factory(config, mesh):
+    try:
+        from flam_jax.data import pipeline
+    except ImportError as err:
+        raise NotBuiltError("the training data pipeline (flam_jax.data.pipeline) is not built yet") from err
+    return pipeline.train_iterator(config, mesh)
+
+
+class _Preemption:
+    """SIGTERM (the cluster's eviction notice) → save and stop at the next step boundary.
+
+    With several processes the coordination service spreads the notice and picks one
+    step at which every host stops; alone, a Python signal handler sets a flag.
+    """
+
+    def __init__(self):
+        self._flag = threading.Event()
+        self._previous = None
+        self._multi = jax.process_count() > 1
+        if not self._multi and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self._flag.set()
+
+    def requested(self, step: int) -> bool:
+        if self._multi:
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # preemption service disabled on this cluster
+                return False
+        return self._flag.is_set()
+
+    def close(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class Trainer:
+    """Everything a run needs, set up once: mesh, model structure, optimiser, step."""
+
+    def __init__(
+        self,
+        config,
+        workdir: str,
+        *,
+        model_factory: ModelFactory | None = None,
+        data_factory: DataFactory | None = None,
+        objective_factory: ObjectiveFactory | None = None,
+        devices=None,
+    ):
+        self.config = config
+        self.workdir = workdir
+        self.mesh = sharding_lib.make_mesh(config.mesh, devices)
+        model_factory = model_factory or default_model_factory
+        self._build = lambda: model_factory(config, nnx.Rngs(config.seed))
+        self.model_def = ModelDef(nnx.eval_shape(self._build))
+        self.tx, self.schedule = make_optimizer(
+            config.optim, self.model_def.abstract_params(), config.train.steps
+        )
+        self.abstract_state = jax.eval_shape(self._init_state)
+        self.state_shardings = sharding_lib.tree_shardings(self.abstract_state, self.mesh, config.mesh)
+        self.objective = (objective_factory or default_objective_factory)(config, self.mesh)
+        self.data = (data_factory or default_data_factory)(config, self.mesh)
+        self.examples_per_step = config.data.global_batch + config.data.sed_clips
+        self._step_fn = None
+
+    # --- state
+    def _init_state(self) -> TrainState:
+        params, extra = self.model_def.split(self._build())
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, extra=extra, opt_state=self.tx.init(params)
+        )
+        # Weak-typed leaves (a scalar Param built from a Python float) would come back
+        # strong from the first step and force a second compilation.
+        return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
+
+    def init_state(self) -> TrainState:
+        """Fresh parameters, created directly in their sharded layout."""
+        with jax.set_mesh(self.mesh):
+            return jax.jit(self._init_state, out_shardings=self.state_shardings)()
+
+    def sharded_abstract_state(self):
+        return jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+            self.abstract_state,
+            self.state_shardings,
+        )
+
+    # --- step
+    def _train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+        step_key = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+
+        def loss_fn(params):
+            model = self.model_def.merge(params, state.extra, step_key)
+            loss, metrics = self.objective(model, batch)
+            _, extra = self.model_def.split(model)
+            return loss, (metrics, extra)
+
+        (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            **metrics,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": self.schedule(state.step // self.config.optim.grad_accum),
+        }
+        new_state = TrainState(step=state.step + 1, params=params, extra=extra, opt_state=opt_state)
+        return new_state, metrics
+
+    def step_fn(self, batch):
+        """The jitted step for batches shaped like ``batch`` (built on first use)."""
+        if self._step_fn is None:
+            batch_shardings = jax.tree.map(lambda x: sharding_lib.batch_sharding(self.mesh, x.ndim), batch)
+            self._step_fn = jax.jit(
+                self._train_step,
+                in_shardings=(self.state_shardings, batch_shardings),
+                out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
+                donate_argnums=(0,),
+            )
+        return self._step_fn
+
+    def next_batch(self):
+        """The next host-local batch, as global arrays sharded over the mesh."""
+        return sharding_lib.global_batch(next(self.data), self.mesh)
+
+    def model(self, state: TrainState) -> nnx.Module:
+        """A live module (for evaluation) from a train state."""
+        return self.model_def.merge(state.params, state.extra)
+
+
+def _check_finite(history: list[tuple[int, dict]], last_good: int | None) -> None:
+    for step, metrics in history:
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+            where = f"step {last_good}" if last_good is not None else "none saved"
+            raise NonFiniteLossError(f"loss is {loss} at step {step}; stopped, last good checkpoint: {where}")
+
+
+def _window_means(history: list[tuple[int, dict]]) -> dict[str, float]:
+    keys = history[-1][1].keys()
+    return {k: float(np.mean([float(m[k]) for _, m in history])) for k in keys}
+
+
+def train_and_evaluate(
+    config,
+    workdir: str,
+    *,
+    model_factory: ModelFactory | None = None,
+    data_factory: DataFactory | None = None,
+    objective_factory: ObjectiveFactory | None = None,
+    eval_fn: EvalFn | None = None,
+) -> dict:
+    """Train until ``train.steps`` (resuming from ``workdir`` if it holds checkpoints).
+
+    Returns ``{"status": "done" | "preempted", "step": int, "metrics": {...}}``.
+    """
+    trainer = Trainer(
+        config,
+        workdir,
+        model_factory=model_factory,
+        data_factory=data_factory,
+        objective_factory=objective_factory,
+    )
+    tc = config.train
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=tc.ckpt_keep, keep_every=tc.ckpt_keep_every
+    )
+    latest = ckpt.latest_step()
+    if latest is not None:
+        logging.info("restoring %s", ckpt.step_dir(latest))
+        state = ckpt.restore(latest, trainer.sharded_abstract_state(), trainer.data)
+        last_saved = latest
+    else:
+        state = trainer.init_state()
+        last_saved = None
+    start = int(state.step)
+    writer = MetricWriter(workdir)
+    progress = Progress(start, tc.steps, trainer.examples_per_step)
+    preemption = _Preemption()
+    history: list[tuple[int, dict]] = []
+    last_metrics: dict[str, float] = {}
+    status = "done"
+    is_main = jax.process_index() == 0
+    try:
+        with jax.set_mesh(trainer.mesh):
+            for step in range(start, tc.steps):
+                batch = trainer.next_batch()
+                state, metrics = trainer.step_fn(batch)(state, batch)
+                done = step + 1
+                history.append((done, metrics))
+                stop = preemption.requested(done)
+                save = stop or done == tc.steps or (tc.ckpt_every > 0 and done % tc.ckpt_every == 0)
+                log = done == tc.steps or (tc.log_every > 0 and done % tc.log_every == 0)
+                evaluate = eval_fn is not None and tc.eval_every > 0 and done % tc.eval_every == 0
+                if not (save or log or evaluate or stop):
+                    continue
+                history = jax.device_get(history)
+                # Checked before any save: a checkpoint never holds a diverged state.
+                _check_finite(history, last_saved)
+                scalars = _window_means(history)
+                history = []
+                if evaluate:
+                    scalars.update({f"eval/{k}": v for k, v in eval_fn(trainer.model(state), done).items()})
+                if log or evaluate:
+                    speed = progress.update(done)
+                    writer.write(done, {**scalars, **speed})
+                    if is_main:
+                        print(progress.line(done, scalars, speed), flush=True)
+                last_metrics = scalars
+                if save and done != last_saved:
+                    ckpt.save(done, state, trainer.data, force=True)
+                    last_saved = done
+                if stop:
+                    status = "preempted"
+                    if is_main:
+                        print(f"preempted: checkpoint saved at step {done}", flush=True)
+                    break
+        ckpt.wait()
+    finally:
+        preemption.close()
+        writer.close()
+        ckpt.close()
+    return {"status": status, "step": int(state.step), "metrics": last_metrics, "time": time.time()}

@@ -1,0 +1,121 @@
+"""The sharded train step: 8 devices equal 1, compiles once, optimiser groups, NaN stop."""
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+sys.path.insert(0, os.path.dirname(__file__))
+import train_standins as st
+
+from flam_jax.train.trainer import NonFiniteLossError, Trainer, train_and_evaluate
+
+
+def _trainer(config, devices=None):
+    return Trainer(
+        config,
+        "/unused",
+        model_factory=st.standin_model_factory,
+        data_factory=st.standin_data_factory,
+        objective_factory=st.standin_objective_factory,
+        devices=devices,
+    )
+
+
+def _run(trainer, steps):
+    state = trainer.init_state()
+    losses = []
+    with jax.set_mesh(trainer.mesh):
+        for _ in range(steps):
+            batch = trainer.next_batch()
+            state, metrics = trainer.step_fn(batch)(state, batch)
+            losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_eight_devices_match_one():
+    config = st.tiny_config(**{"mesh.fsdp": 2})
+    sharded = _trainer(config)
+    assert dict(sharded.mesh.shape) == {"data": 4, "fsdp": 2}
+    # The test is only meaningful if some parameter really is split over 'fsdp'.
+    specs = [s.spec for s in jax.tree.leaves(sharded.state_shardings.params)]
+    assert PartitionSpec(None, "fsdp") in specs or PartitionSpec("fsdp") in specs
+    single = _trainer(st.tiny_config(**{"mesh.fsdp": 1}), devices=jax.devices()[:1])
+    state8, losses8 = _run(sharded, 2)
+    state1, losses1 = _run(single, 2)
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5, atol=1e-5)
+    assert losses8[0] != losses8[1]
+    for name, value in state1.params.items():
+        np.testing.assert_allclose(
+            np.asarray(state8.params[name]), np.asarray(value), atol=1e-5, err_msg=name
+        )
+    moved = [n for n in state1.params if not np.allclose(state1.params[n], single.init_state().params[n])]
+    assert len(moved) == len(state1.params)  # every parameter was trained
+    # BatchNorm statistics are carried in the state and updated by the step.
+    for name, value in state1.extra.items():
+        np.testing.assert_allclose(np.asarray(state8.extra[name]), np.asarray(value), atol=1e-5, err_msg=name)
+
+
+def test_step_compiles_once_and_dropout_follows_step():
+    trainer = _trainer(st.tiny_config())
+    state, _ = _run(trainer, 4)
+    batch = trainer.next_batch()
+    assert trainer.step_fn(batch)._cache_size() == 1
+    assert int(state.step) == 4
+
+
+def test_frozen_and_low_lr_groups():
+    config = st.tiny_config(**{"optim.frozen": r"^token_embed/", "optim.low_lr": r"^audio/"})
+    config.optim.low_lr_factor = 0.0  # lr 0: trained group whose updates must vanish
+    trainer = _trainer(config)
+    before = jax.device_get(trainer.init_state().params)
+    after, _ = _run(trainer, 2)
+    after = jax.device_get(after.params)
+    for name in before:
+        changed = not np.array_equal(before[name], after[name])
+        assert changed == (not name.startswith(("token_embed/", "audio/"))), name
+
+
+def test_unmatched_group_regex_is_a_config_error():
+    from flam_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        _trainer(st.tiny_config(**{"optim.frozen": "no_such_layer"}))
+
+
+def test_gradient_accumulation_updates_every_k_steps():
+    trainer = _trainer(st.tiny_config(**{"optim.grad_accum": 2}))
+    p0 = jax.device_get(trainer.init_state().params)
+    p1, _ = _run(trainer, 1)
+    p2, _ = _run(trainer, 2)
+    name = "audio_projection/kernel"
+    assert np.array_equal(p0[name], jax.device_get(p1.params[name]))
+    assert not np.array_equal(p0[name], jax.device_get(p2.params[name]))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = st.tiny_config(**{"train.steps": 8, "train.ckpt_every": 2, "train.log_every": 4})
+
+    def poisoned(config, mesh):
+        import grain
+
+        def batch(i):
+            b = st._host_batch(int(i), config, 0, 1, 0.0)
+            if i >= 4:  # the fifth batch (step 5) carries a NaN
+                b["global"]["audio"][0, 0] = np.nan
+            return b
+
+        return iter(grain.MapDataset.range(100).map(batch).to_iter_dataset())
+
+    with pytest.raises(NonFiniteLossError, match=r"at step 5; .*last good checkpoint: step 4"):
+        train_and_evaluate(
+            config,
+            str(tmp_path),
+            model_factory=st.standin_model_factory,
+            data_factory=poisoned,
+            objective_factory=st.standin_objective_factory,
+        )
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
