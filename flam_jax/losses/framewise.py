@@ -9,8 +9,9 @@ its caption id equals the id of a valid local text (then it is dropped, not scor
 - ``framewise_loss_dense``: the whole [D·Na, D·Nt, T] tensor at once; a test oracle.
 - ``framewise_loss_ring``: the production loss. ``shard_map`` over the batch mesh axes;
   each device scores its own block, then text blocks travel one hop per step around the
-  ring (``ppermute``) for D − 1 steps. Every block is scored under ``jax.checkpoint``, so
-  neither pass ever holds more than one [Na, Nt, T] logit block.
+  ring (``ppermute``) for D − 1 steps. A custom VJP sends the blocks around again in the
+  backward pass, so neither pass holds more than one [Na, Nt, T] logit block, nor any
+  state that grows with D.
 
 Normalisation. Default: Eq. 4, the mean of ℓ over every scored (clip, text, frame)
 triple of the global batch, so the loss does not change with the device count.
@@ -21,6 +22,7 @@ hops for ≥ 4 devices (quirk Q2) is not reproduced: here every text travels wit
 α, β, mask and id. Empty blocks contribute 0 instead of openflam's 0/0.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -52,22 +54,91 @@ def frame_logits(frames, text_emb, alpha, beta, scale=1.0, bias=0.0) -> jax.Arra
     return scale * alpha.astype(jnp.float32)[None, :, None] * cos + shift[None, :, None]
 
 
-def _block_sum(frames, audio_mask, text_emb, alpha, beta, text_mask, signs, scale, bias):
-    """(Σ masked ℓ, number of valid pairs) of one clip block against one text block."""
-    z = frame_logits(frames, text_emb, alpha, beta, scale, bias)
-    pairs = (audio_mask[:, None] & text_mask[None, :]).astype(jnp.float32)
-    loss_sum = jnp.sum(jax.nn.softplus(-signs * z) * pairs[:, :, None])
-    return loss_sum, jnp.sum(pairs)
+def _pair_loss_sum(frames, text_emb, text_scale, text_shift, clip_mask, text_mask, signs):
+    """Σ over valid pairs and frames of softplus(−y·z), z = text_scale·cos + text_shift."""
+    cos = jnp.einsum("itd,jd->ijt", frames, text_emb, preferred_element_type=jnp.float32)
+    z = text_scale[None, :, None] * cos + text_shift[None, :, None]
+    pairs = (clip_mask[:, None] & text_mask[None, :]).astype(jnp.float32)
+    return jnp.sum(jax.nn.softplus(-signs * z) * pairs[:, :, None])
 
 
-# Recompute logits in the backward pass instead of storing them: one block at a time.
-_own_block_sum = jax.checkpoint(_block_sum)
-_foreign_block_sum = jax.checkpoint(
-    lambda frames, audio_mask, text_emb, alpha, beta, text_mask, scale, bias: _block_sum(
-        frames, audio_mask, text_emb, alpha, beta, text_mask, -1.0, scale, bias
-    ),
-    prevent_cse=False,  # it runs inside lax.scan, where CSE cannot merge iterations
-)
+def _shift(tree, axis_name, num_devices):
+    """Send every array one device along the ring (d → d + 1)."""
+    perm = [(d, (d + 1) % num_devices) for d in range(num_devices)]
+    return jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, perm), tree)
+
+
+def _received_text_masks(text_mask, ids, axis_name, num_devices):
+    """[D−1, Nt]: which texts of the block received at each hop are scored (valid, not a
+    duplicate of any valid local caption). Only masks and ids travel: a few bytes."""
+
+    def hop(block, _):
+        block = _shift(block, axis_name, num_devices)
+        mask, block_ids = block
+        dup = jnp.any(text_mask[None, :] & (ids[None, :] == block_ids[:, None]), axis=1)
+        return block, mask & ~dup
+
+    return jax.lax.scan(hop, (text_mask, ids), None, length=num_devices - 1)[1]
+
+
+# The ring as one custom-VJP function. Autodiff of a scan would store every received
+# text block for the backward pass (memory growing with D); instead the backward pass
+# sends the blocks around the ring again, each with its gradient accumulator, which
+# arrives back at the block's owner after a full turn. Both passes hold one
+# [Na, Nt, T] logit block at a time and nothing else that grows with D.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _ring_sum(axis_name, num_devices, frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights):
+    """Σ_k weights[k]·(loss sum of the text block received at hop k); hop 0 is the own block."""
+    return _ring_sum_fwd(
+        axis_name, num_devices, frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights
+    )[0]
+
+
+def _ring_sum_fwd(
+    axis_name, num_devices, frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights
+):
+    total = weights[0] * _pair_loss_sum(frames, emb, scale, shift, clip_mask, text_mask, signs)
+    if num_devices > 1:
+
+        def hop(carry, step):
+            block, total = carry
+            mask, weight = step
+            block = _shift(block, axis_name, num_devices)
+            total = total + weight * _pair_loss_sum(frames, *block, clip_mask, mask, -1.0)
+            return (block, total), None
+
+        (_, total), _ = jax.lax.scan(hop, ((emb, scale, shift), total), (masks, weights[1:]))
+    return total, (frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights)
+
+
+def _ring_sum_bwd(axis_name, num_devices, residuals, g):
+    frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights = residuals
+    _, pull = jax.vjp(
+        lambda f, e, a, b: _pair_loss_sum(f, e, a, b, clip_mask, text_mask, signs), frames, emb, scale, shift
+    )
+    d_frames, *d_block = pull(g * weights[0])
+    if num_devices > 1:
+
+        def hop(carry, step):
+            block, d_block, d_frames = carry
+            mask, weight = step
+            block, d_block = _shift((block, d_block), axis_name, num_devices)
+            _, pull = jax.vjp(
+                lambda f, e, a, b: _pair_loss_sum(f, e, a, b, clip_mask, mask, -1.0), frames, *block
+            )
+            d_f, *d_b = pull(g * weight)
+            d_block = [x + y for x, y in zip(d_block, d_b, strict=True)]
+            return (block, d_block, d_frames + d_f), None
+
+        # The accumulator starts with the owner's own-block gradient and travels with its block.
+        (_, d_block, d_frames), _ = jax.lax.scan(
+            hop, ((emb, scale, shift), d_block, d_frames), (masks, weights[1:])
+        )
+        d_block = _shift(d_block, axis_name, num_devices)  # one more hop: back to the owner
+    return (d_frames, *d_block, None, None, None, None, None)
+
+
+_ring_sum.defvjp(_ring_sum_fwd, _ring_sum_bwd)
 
 
 def _safe_mean(total, count, per_pair_size):
@@ -151,30 +222,36 @@ def framewise_loss_local(
     """
     frames, audio_mask, text_emb, alpha, beta, text_mask, ids, labels = batch
     n_frames, embed_dim = frames.shape[1], frames.shape[2]
-    own_sum, own_count = _own_block_sum(
-        frames, audio_mask, text_emb, alpha, beta, text_mask, _signs(labels), scale, bias
-    )
-    ref_sum = _safe_mean(own_sum, own_count, n_frames)
-    total, count = own_sum, own_count
     if num_devices > 1:
-        perm = [(d, (d + 1) % num_devices) for d in range(num_devices)]
-
-        def hop(carry, _):
-            block, total, count, ref_sum = carry
-            block = jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, perm), block)
-            emb, a, b, mask, block_ids = block
-            dup = jnp.any(text_mask[None, :] & (ids[None, :] == block_ids[:, None]), axis=1)
-            block_sum, block_count = _foreign_block_sum(
-                frames, audio_mask, emb, a, b, mask & ~dup, scale, bias
-            )
-            ref_sum = ref_sum + _safe_mean(block_sum, block_count, embed_dim)
-            return (block, total + block_sum, count + block_count, ref_sum), None
-
-        start = ((text_emb, alpha, beta, text_mask, ids), total, count, ref_sum)
-        (_, total, count, ref_sum), _ = jax.lax.scan(hop, start, None, length=num_devices - 1)
+        masks = _received_text_masks(text_mask, ids, axis_name, num_devices)
+    else:
+        masks = jnp.zeros((0, text_mask.shape[0]), bool)
+    valid_clips = jnp.sum(audio_mask.astype(jnp.float32))
+    texts = jnp.concatenate([jnp.sum(text_mask, keepdims=True), jnp.sum(masks, axis=1)])
+    counts = valid_clips * texts.astype(jnp.float32)  # valid pairs per hop
     if reference_normalizer:
-        return jax.lax.pmean(ref_sum, axis_name)
-    return _safe_mean(jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name), n_frames)
+        sizes = jnp.where(jnp.arange(num_devices) == 0, n_frames, embed_dim)
+        weights = _safe_mean(1.0, counts, sizes) / num_devices
+    else:
+        weights = jnp.full(
+            (num_devices,), _safe_mean(1.0, jax.lax.psum(jnp.sum(counts), axis_name), n_frames)
+        )
+    text_scale = scale * alpha.astype(jnp.float32)
+    text_shift = bias + jax.lax.stop_gradient(beta).astype(jnp.float32)
+    local = _ring_sum(
+        axis_name,
+        num_devices,
+        frames,
+        text_emb,
+        text_scale,
+        text_shift,
+        audio_mask,
+        text_mask,
+        _signs(labels),
+        masks,
+        weights,
+    )
+    return jax.lax.psum(local, axis_name)
 
 
 def framewise_loss_ring(
