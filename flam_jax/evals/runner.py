@@ -1,5 +1,391 @@
-"""`flam-evaluate` (placeholder until the evaluation issue lands)."""
+"""``flam-evaluate``: run a model over a standard benchmark and write metrics and plots.
 
-from flam_jax.cli import not_built
+    flam-evaluate --model EXPORT_DIR --benchmark desed --data-dir DIR [--out DIR]
 
-run = not_built("flam-evaluate", "evaluation issue")
+The model is any object with the FLAM API (``flam_jax.infer.api.FLAM``):
+``embed_audio(wave [B, 480000]) -> .frames, .global_``, ``embed_text(texts) -> .emb …``
+and ``frame_scores(audio_emb, text_emb) -> [B, N, F]``; ``evaluate`` takes it directly,
+so tests run it with a small or fake model.
+
+Audio handling (FLAM_SPEC §7 leaves long audio to the implementation):
+- SED: a clip is cut into 10 s windows, each zero-padded (silence) to 480000 samples and
+  scored as a clip of its own; events are cut at window edges; a final window shorter
+  than 0.5 s is dropped. Clips of ≤ 10 s are one window.
+- Global embeddings (retrieval, zero-shot): clips shorter than 10 s are repeat-padded;
+  longer ones are covered by 10 s windows (the last one ending at the clip's end) whose
+  global embeddings are averaged and re-normalised.
+"""
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from flam_jax.cli import report_errors
+from flam_jax.errors import InputError
+from flam_jax.evals import sed
+from flam_jax.evals.benchmarks import Benchmark, Item, get_benchmark, open_source, read_items
+from flam_jax.evals.event_based import event_f1, segment_f1
+from flam_jax.evals.postprocess import events_to_frame_labels, median_filter, scores_to_events
+from flam_jax.evals.retrieval import retrieval_metrics
+from flam_jax.evals.zeroshot import DEFAULT_TEMPLATE, class_prompts, zeroshot_metrics
+
+SAMPLE_RATE = 48_000
+WINDOW = 480_000
+WINDOW_S = 10.0
+MIN_TAIL_S = 0.5
+TEXT_CHUNK = 256
+THRESHOLD = 0.5
+F1_GRID = np.round(np.linspace(0.0, 1.0, 51), 4)
+
+
+# --------------------------------------------------------------------------- audio windows
+
+
+def sed_window_count(num_samples: int) -> int:
+    return max(1, math.ceil(num_samples / SAMPLE_RATE / WINDOW_S - MIN_TAIL_S / WINDOW_S))
+
+
+def sed_windows(wave: np.ndarray) -> list[np.ndarray]:
+    """10 s windows, zero-padded at the end (see the module doc)."""
+    out = []
+    for k in range(sed_window_count(len(wave))):
+        piece = wave[k * WINDOW : (k + 1) * WINDOW]
+        out.append(np.pad(piece, (0, WINDOW - len(piece))))
+    return out
+
+
+def window_events(events, k: int) -> list[tuple[float, float, str]]:
+    """Events of window ``k``, cut at its edges and shifted to start at 0."""
+    lo, hi = k * WINDOW_S, (k + 1) * WINDOW_S
+    out = []
+    for onset, offset, label in events:
+        a, b = max(onset, lo) - lo, min(offset, hi) - lo
+        if b > a:
+            out.append((round(a, 6), round(b, 6), label))
+    return out
+
+
+def global_windows(wave: np.ndarray) -> list[np.ndarray]:
+    if len(wave) == 0:
+        raise InputError("empty audio clip")
+    if len(wave) <= WINDOW:
+        return [np.resize(wave, WINDOW)]  # np.resize repeats the clip
+    starts = [*range(0, len(wave) - WINDOW, WINDOW), len(wave) - WINDOW]
+    return [wave[s : s + WINDOW] for s in starts]
+
+
+def _batches(windows: Iterator[tuple[int, np.ndarray]], batch_size: int):
+    owners, waves = [], []
+    for owner, wave in windows:
+        owners.append(owner)
+        waves.append(wave)
+        if len(waves) == batch_size:
+            yield owners, np.stack(waves).astype(np.float32)
+            owners, waves = [], []
+    if waves:
+        yield owners, np.stack(waves).astype(np.float32)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="win", disable=not enabled, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- model calls
+
+
+def _embed_texts(model, texts: Sequence[str]) -> list:
+    return [model.embed_text(list(texts[i : i + TEXT_CHUNK])) for i in range(0, len(texts), TEXT_CHUNK)]
+
+
+def score_items(model, items: Sequence[Item], queries: Sequence[str], batch_size: int, progress: bool):
+    """Frame scores [windows, queries, F] for every SED window, and each window's (item, k)."""
+    text_chunks = _embed_texts(model, queries)
+    index = [(i, k) for i, item in enumerate(items) for k in range(sed_window_count(item.num_samples))]
+
+    def windows():
+        for i, item in enumerate(items):
+            for w in sed_windows(item.audio()):
+                yield i, w
+
+    scores = []
+    with _progress(len(index), "scoring", progress) as bar:
+        for _, batch in _batches(windows(), batch_size):
+            audio = model.embed_audio(batch)
+            scores.append(np.concatenate([np.asarray(model.frame_scores(audio, t)) for t in text_chunks], 1))
+            bar.update(len(batch))
+    return np.concatenate(scores).astype(np.float32), index
+
+
+def global_embeddings(model, items: Sequence[Item], batch_size: int, progress: bool) -> np.ndarray:
+    """One unit-norm global embedding per item (windows averaged, see the module doc)."""
+
+    def windows():
+        for i, item in enumerate(items):
+            for w in global_windows(item.audio()):
+                yield i, w
+
+    total = sum(len(range(0, item.num_samples - WINDOW, WINDOW)) + 1 for item in items)
+    sums, counts = None, np.zeros(len(items))
+    with _progress(total, "embedding", progress) as bar:
+        for owners, batch in _batches(windows(), batch_size):
+            emb = np.asarray(model.embed_audio(batch).global_, dtype=np.float64)
+            if sums is None:
+                sums = np.zeros((len(items), emb.shape[1]))
+            np.add.at(sums, owners, emb)
+            np.add.at(counts, owners, 1)
+            bar.update(len(batch))
+    return sums / np.linalg.norm(sums, axis=1, keepdims=True)
+
+
+def text_embeddings(model, texts: Sequence[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(t.emb, dtype=np.float64) for t in _embed_texts(model, texts)])
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def sed_metrics(
+    scores: np.ndarray, events: Sequence, class_names: Sequence[str], auroc: str
+) -> tuple[dict, dict]:
+    """All SED metrics for scores [clips, classes, F] and per-clip events; (scalars, curves)."""
+    frames = scores.shape[2]
+    labels = events_to_frame_labels(events, class_names, frames)
+    auc = sed.frame_auroc(scores, labels)
+    filtered = median_filter(scores, 3)
+    detected = scores_to_events(scores, class_names, THRESHOLD)  # median filter inside
+    durations = [WINDOW_S] * len(scores)
+    has_events = any(events)
+    metrics = {
+        "frame_auroc": auc[auroc],
+        "frame_auroc_micro": auc["micro"],
+        "frame_auroc_macro": auc["macro"],
+        "clips": len(scores),
+        "classes": len(class_names),
+        "classes_with_events": int(sum(1 for _ in {e[2] for clip in events for e in clip})),
+        "events": int(sum(len(clip) for clip in events)),
+    }
+    curves = {"roc": sed.roc_curve(scores, labels), "frame_f1": sed.frame_f1_curve(scores, labels, F1_GRID)}
+    if has_events:
+        p1 = sed.psds(filtered, events, class_names, sed.PSDS1)
+        metrics["psds1"] = p1["psds"]
+        metrics["psds2"] = sed.psds(filtered, events, class_names, sed.PSDS2)["psds"]
+        points = sed.intersection_operating_points(filtered, events, class_names, dtc=0.5, gtc=0.5)
+        f1 = sed._f1_at(points, np.r_[THRESHOLD, F1_GRID])
+        metrics["intersection_f1_macro"] = float(f1["macro"][0])
+        metrics["intersection_f1_micro"] = float(f1["micro"][0])
+        curves["intersection_f1"] = {
+            "thresholds": F1_GRID,
+            "macro": f1["macro"][1:],
+            "micro": f1["micro"][1:],
+        }
+        curves["psd_roc"] = (p1["efpr"], p1["etpr"])
+        ev = event_f1(detected, events, class_names)
+        seg = segment_f1(detected, events, class_names, durations)
+        metrics.update(
+            event_f1_macro=ev["macro"],
+            event_f1_micro=ev["micro"],
+            segment_f1_macro=seg["macro"],
+            segment_f1_micro=seg["micro"],
+        )
+        metrics["mpauc"] = sed.mpauc(scores, events, class_names)
+    best = int(np.nanargmax(curves["frame_f1"]["macro"]))
+    metrics["frame_f1_macro_at_0.5"] = float(
+        curves["frame_f1"]["macro"][np.argmin(np.abs(F1_GRID - THRESHOLD))]
+    )
+    metrics["best_frame_f1_threshold"] = float(F1_GRID[best])
+    return metrics, curves
+
+
+def run_sed(model, items, bench: Benchmark, batch_size: int, progress: bool):
+    from flam_jax.data.builders.common import humanise_label
+
+    class_names = sorted({e[2] for item in items for e in item.events})
+    if not class_names:
+        raise InputError(f"{bench.name}: no events in this split, nothing to detect")
+    scores, index = score_items(model, items, [humanise_label(c) for c in class_names], batch_size, progress)
+    events = [window_events(items[i].events, k) for i, k in index]
+    metrics, curves = sed_metrics(scores, events, class_names, bench.auroc)
+    examples = _examples(scores, events, class_names, [f"{items[i].id}@{10 * k}s" for i, k in index])
+    return metrics, curves, examples
+
+
+def _examples(scores, events, class_names, names, count: int = 4) -> list[dict]:
+    """A few clips with the most events, for activation-map plots."""
+    order = np.argsort([-len(e) for e in events], kind="stable")[:count]
+    labels = events_to_frame_labels(events, class_names, scores.shape[2])
+    out = []
+    for n in order:
+        active = sorted({class_names.index(e[2]) for e in events[n]}) or [int(np.argmax(scores[n].max(1)))]
+        top = np.argsort(-scores[n].max(1))[:4]
+        rows = list(dict.fromkeys([*active, *top.tolist()]))[:8]
+        out.append(
+            {
+                "name": names[n],
+                "queries": [class_names[r] for r in rows],
+                "scores": scores[n, rows],
+                "labels": labels[n, rows],
+            }
+        )
+    return out
+
+
+def run_retrieval(model, items, bench: Benchmark, batch_size: int, progress: bool):
+    captions, owner = [], []
+    for i, item in enumerate(items):
+        captions += item.captions
+        owner += [i] * len(item.captions)
+    if not captions:
+        raise InputError(f"{bench.name}: no captions in this split")
+    audio = global_embeddings(model, items, batch_size, progress)
+    out = retrieval_metrics(audio, text_embeddings(model, captions), np.array(owner))
+    metrics = {f"{d}_{k}": v for d in ("t2a", "a2t") for k, v in out[d].items()}
+    metrics.update(clips=len(items), captions=len(captions))
+    return metrics, {}, []
+
+
+def run_zeroshot(model, items, bench: Benchmark, batch_size: int, progress: bool, template: str):
+    ids = sorted({(item.label_id, item.label) for item in items})
+    names = [name for _, name in ids]
+    if len({i for i, _ in ids}) != len(ids) or len(set(names)) != len(names):
+        raise InputError(f"{bench.name}: class ids and names do not match one to one")
+    position = {label_id: k for k, (label_id, _) in enumerate(ids)}
+    audio = global_embeddings(model, items, batch_size, progress)
+    classes = text_embeddings(model, class_prompts(names, template))
+    out = zeroshot_metrics(audio, classes, np.array([position[item.label_id] for item in items]))
+    metrics = {k: v for k, v in out.items() if k != "predictions"}
+    metrics.update(clips=len(items), classes=len(names), template=template)
+    return metrics, {}, []
+
+
+def run_simulated(model, source, bench: Benchmark, batch_size: int, progress: bool, count: int, seed: int):
+    from flam_jax.data.pipeline import RecordPool
+    from flam_jax.evals.hook import mixture_queries, simulate_mixtures
+
+    mixtures = simulate_mixtures(RecordPool(source), count, seed)
+    queries, labels = mixture_queries(mixtures)
+    items = [
+        Item(id=f"mixture{m:05d}", audio=(lambda m=m: mixtures[m].audio), num_samples=WINDOW)
+        for m in range(len(mixtures))
+    ]
+    scores, _ = score_items(model, items, queries, batch_size, progress)
+    events = _labels_to_events(labels, queries)
+    metrics, curves = sed_metrics(scores, events, queries, bench.auroc)
+    metrics.update(mixtures=count, seed=seed)
+    return metrics, curves, _examples(scores, events, queries, [i.id for i in items])
+
+
+def _labels_to_events(labels: np.ndarray, queries: Sequence[str]) -> list[list[tuple[float, float, str]]]:
+    """Frame labels [clips, queries, F] → events on the frame grid (for the event metrics)."""
+    from flam_jax.evals.postprocess import frame_boundaries, runs
+
+    edges = frame_boundaries(labels.shape[2])
+    row, start, end = runs(labels.astype(bool))
+    events = [[] for _ in range(labels.shape[0])]
+    for r, a, b in zip(row.tolist(), start.tolist(), end.tolist(), strict=True):
+        events[r // labels.shape[1]].append((float(edges[a]), float(edges[b]), queries[r % labels.shape[1]]))
+    return events
+
+
+def evaluate(
+    model,
+    benchmark: str,
+    data_dir: str,
+    *,
+    out_dir: str | None = None,
+    split: str | None = None,
+    batch_size: int = 8,
+    template: str = DEFAULT_TEMPLATE,
+    mixtures: int = 200,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run ``benchmark`` with ``model``; returns the metrics and writes the report to ``out_dir``."""
+    bench = get_benchmark(benchmark)
+    if batch_size < 1:
+        raise InputError(f"batch size must be positive, got {batch_size}")
+    source, used_split = open_source(bench, data_dir, split, cache_dir)
+    if len(source) == 0:
+        raise InputError(f"{bench.name}: split {used_split!r} is empty")
+    if bench.task == "sed-open":
+        metrics, curves, examples = run_simulated(model, source, bench, batch_size, progress, mixtures, seed)
+    elif bench.task == "sed":
+        metrics, curves, examples = run_sed(model, read_items(source), bench, batch_size, progress)
+    elif bench.task == "retrieval":
+        metrics, curves, examples = run_retrieval(model, read_items(source), bench, batch_size, progress)
+    else:
+        metrics, curves, examples = run_zeroshot(
+            model, read_items(source), bench, batch_size, progress, template
+        )
+    result = {"benchmark": bench.name, "split": used_split, "task": bench.task, "metrics": metrics}
+    if out_dir:
+        from flam_jax.evals.report import write_report
+
+        write_report(out_dir, result, curves, examples)
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="flam-evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", required=True, help="export directory (flam-export / flam-convert-openflam)"
+    )
+    parser.add_argument("--benchmark", required=True, help="one of: " + ", ".join(sorted(_names())))
+    parser.add_argument("--data-dir", required=True, help="built TFDS data_dir, or the raw dataset folder")
+    parser.add_argument("--out", default=None, help="report folder (default: ./flam_eval/BENCHMARK)")
+    parser.add_argument("--split", default=None, help="dataset split (default: the benchmark's test split)")
+    parser.add_argument("--batch-size", type=int, default=8, help="10 s windows per model call")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template with {}")
+    parser.add_argument("--mixtures", type=int, default=200, help="simulated: number of mixtures")
+    parser.add_argument("--seed", type=int, default=0, help="simulated: mixture seed")
+    parser.add_argument(
+        "--cache-dir", default=None, help="where a raw folder is built (default: DATA_DIR/.flam_tfds)"
+    )
+    return parser.parse_args(argv)
+
+
+def _names():
+    from flam_jax.evals.benchmarks import BENCHMARKS
+
+    return BENCHMARKS
+
+
+@report_errors
+def main(argv=None) -> int:
+    args = _parse(argv)
+    get_benchmark(args.benchmark)  # fail on a typo before loading the model
+    from flam_jax.infer.api import FLAM
+
+    model = FLAM.load(args.model)
+    out = args.out or os.path.join("flam_eval", args.benchmark)
+    result = evaluate(
+        model,
+        args.benchmark,
+        args.data_dir,
+        out_dir=out,
+        split=args.split,
+        batch_size=args.batch_size,
+        template=args.template,
+        mixtures=args.mixtures,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        progress=True,
+    )
+    from flam_jax.evals.report import markdown_table
+
+    print(markdown_table(result))
+    print(f"report written to {out}")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
