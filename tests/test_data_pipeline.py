@@ -128,3 +128,26 @@ def test_iterators_from_config_read_the_built_clips(tmp_path):
     config.data.sed_clips = 3
     with pytest.raises(Exception, match="split evenly"):
         pipeline.sed_iterator(config, FakeTokenizer(), groups=2, process_index=0, process_count=1)
+
+
+def test_strong_recordings_feed_the_sed_batch_with_annotated_labels(tmp_path):
+    folder = materialise("strong", tmp_path)
+    builders.build("strong", folder, tmp_path / "tfds")
+    config = base_config()
+    config.data.dir = str(tmp_path / "tfds")
+    config.data.sed_dataset = "strong"
+    config.data.sed_clips = 2
+    it = pipeline.sed_iterator(
+        config, FakeTokenizer(), groups=1, process_index=0, process_count=1, num_epochs=1
+    )
+    (batch,) = list(it)
+    ids = batch["caption_ids"]
+    row = 0 if batch["labels"][0].sum() else 1  # the clip with events (the fixture clips are 10 s: no crop)
+    dog = int(np.flatnonzero(ids == batches.caption_id("dog"))[0])
+    bell = int(np.flatnonzero(ids == batches.caption_id("alarm bell ringing"))[0])
+    frame = 10 / 32
+    expected_dog = [(min((k + 1) * frame, 1.25) - max(k * frame, 0.5)) / frame >= 0.5 for k in range(32)]
+    expected_bell = [(min((k + 1) * frame, 4.5) - max(k * frame, 2.0)) / frame >= 0.5 for k in range(32)]
+    np.testing.assert_array_equal(batch["labels"][row, dog], np.array(expected_dog, np.uint8))
+    np.testing.assert_array_equal(batch["labels"][row, bell], np.array(expected_bell, np.uint8))
+    assert batch["labels"][1 - row].sum() == 0 and batch["text_mask"].sum() == 2

@@ -1,7 +1,8 @@
 """Grain input pipelines for the SED (simulated mixtures) and global (audio–caption) batches.
 
     MapDataset.range(records) -> shuffle(seed) -> slice(process_index::process_count)
-      -> repeat -> random_map(simulate | crop) -> batch(batch_fn) -> to_iter_dataset
+      -> repeat -> random_map(simulate | annotated crop | pair crop) -> batch(batch_fn)
+      -> to_iter_dataset
       -> mp_prefetch(workers)
 
 Element i of the host's stream is a pure function of (seed, i), so the stream is
@@ -109,6 +110,37 @@ class _Pair(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass
+class _Annotated(grain.transforms.RandomMap):
+    """A strongly labelled record (``strong`` builder) as a SED element, no simulation."""
+
+    source: Sequence
+    cfg: sim.SimulatorConfig
+    retries: int = 3
+
+    def random_map(self, index, rng: np.random.Generator) -> sim.Mixture:
+        errors = []
+        index = int(index)
+        for _ in range(self.retries + 1):
+            record = self.source[index]
+            name = _text(record.get("id", index))
+            try:
+                wave = audio_io.decode_audio(record["audio"], source=name)
+            except AudioDecodeError:
+                errors.append(name)
+                index = int(rng.integers(len(self.source)))
+                continue
+            ev = record["events"]
+            events = [
+                (float(a), float(b), _text(c))
+                for a, b, c in zip(ev["onset"], ev["offset"], ev["caption"], strict=True)
+            ]
+            mixture = sim.annotated_mixture(wave, events, rng, self.cfg, name)
+            mixture.decode_errors = errors
+            return mixture
+        raise DataError(f"SED batch: {self.retries + 1} records in a row failed to decode: {errors}")
+
+
+@dataclasses.dataclass
 class _SedBatch:
     tokenizer: batches.TextTokenizer
     spec: batches.SedBatchSpec
@@ -167,6 +199,26 @@ def sed_dataset(
     """Host-sharded stream of (SED batch, decode errors); ``num_epochs=None`` repeats forever."""
     ds = _indices(len(pool), seed, process_index, process_count, num_epochs)
     ds = ds.random_map(_Simulate(pool, cfg), seed=seed)
+    ds = ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
+    return _finish(ds, workers, buffer)
+
+
+def annotated_sed_dataset(
+    source: Sequence,
+    tokenizer: batches.TextTokenizer,
+    spec: batches.SedBatchSpec,
+    cfg: sim.SimulatorConfig,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+    workers: int = 0,
+    buffer: int = 2,
+) -> grain.IterDataset:
+    """Like ``sed_dataset`` but from strongly labelled recordings (class names as texts)."""
+    ds = _indices(len(source), seed, process_index, process_count, num_epochs)
+    ds = ds.random_map(_Annotated(source, cfg), seed=seed)
     ds = ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
     return _finish(ds, workers, buffer)
 
@@ -283,9 +335,31 @@ def sed_spec(config, groups: int, process_count: int) -> batches.SedBatchSpec:
 def sed_iterator(
     config, tokenizer, *, groups: int, process_index=None, process_count=None, pool=None, num_epochs=None
 ) -> DataIterator:
-    """The SED iterator for a training config (``pool`` defaults to data.sed_dataset)."""
+    """The SED iterator for a training config (``pool`` defaults to data.sed_dataset).
+
+    ``data.sed_dataset`` = ``strong`` feeds annotated recordings instead of simulations.
+    """
     index, count = _processes(process_index, process_count)
     spec = sed_spec(config, groups, count)
+    if pool is None and config.data.sed_dataset.partition("/")[0] == "strong":
+        from flam_jax.data import builders
+
+        if not config.data.dir:
+            raise ConfigError("data.dir is empty: set it to the TFDS data_dir holding the built datasets")
+        source = builders.load("strong", config.data.dir, config.data.split)
+        dataset = annotated_sed_dataset(
+            source,
+            tokenizer,
+            spec,
+            simulator_config(config),
+            seed=config.seed,
+            process_index=index,
+            process_count=count,
+            num_epochs=num_epochs,
+            workers=config.data.workers,
+            buffer=config.data.prefetch,
+        )
+        return DataIterator(dataset, config.data.max_decode_errors, "SED")
     if pool is None:
         pool = open_pool(config.data.dir, config.data.sed_dataset, config.data.split, config.data.pool_cache)
     dataset = sed_dataset(

@@ -454,3 +454,51 @@ def make_event(
     pieces = _event_pieces(np.asarray(audio, dtype=np.float32), None, "plain", None, cfg)
     gain = 10.0 ** ((level_db - _loud_part_db(pieces, cfg)) / 20.0)
     return PlacedEvent(caption, source, pieces, onset=int(onset), gain=float(gain))
+
+
+def interval_labels(intervals: Sequence[tuple[int, int]], cfg: SimulatorConfig) -> np.ndarray:
+    """[frames] uint8: frames covered for >= ``min_overlap`` by the union of [start, end) samples."""
+    covered = np.zeros(cfg.num_samples + 1, dtype=np.int32)
+    for start, end in intervals:
+        start, end = max(int(start), 0), min(int(end), cfg.num_samples)
+        if end > start:
+            covered[start] += 1
+            covered[end] -= 1
+    active = np.cumsum(covered[:-1]) > 0
+    fraction = active.reshape(cfg.frames, -1).mean(axis=1)
+    return (fraction >= cfg.min_overlap - 1e-9).astype(np.uint8)
+
+
+def annotated_mixture(
+    wave: np.ndarray,
+    events: Sequence[tuple[float, float, str]],
+    rng: np.random.Generator,
+    cfg: SimulatorConfig,
+    source: str = "",
+) -> Mixture:
+    """A strongly labelled recording as a SED element: a random 10 s crop (shorter clips are
+    zero-padded at the end), labels from the annotated (onset s, offset s, caption) events.
+
+    Only captions with an event inside the crop become texts; same captions are merged.
+    """
+    n = cfg.num_samples
+    start = int(rng.integers(0, len(wave) - n + 1)) if len(wave) > n else 0
+    audio = np.zeros(n, dtype=np.float32)
+    piece = wave[start : start + n]
+    audio[: len(piece)] = piece
+    by_caption: dict[str, list[tuple[int, int]]] = {}
+    for onset, offset, caption in events:
+        a = round(onset * cfg.sample_rate) - start
+        b = round(offset * cfg.sample_rate) - start
+        if b > 0 and a < min(n, len(piece)) and b > a:
+            by_caption.setdefault(caption, []).append((max(a, 0), min(b, n)))
+    captions = list(by_caption)
+    labels = np.stack([interval_labels(by_caption[c], cfg) for c in captions]) if captions else None
+    return Mixture(
+        audio=audio,
+        captions=captions,
+        labels=labels if labels is not None else np.zeros((0, cfg.frames), np.uint8),
+        spans=[by_caption[c] for c in captions],
+        sources=[source] * len(captions),
+        background=source,
+    )
