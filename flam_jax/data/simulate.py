@@ -13,6 +13,7 @@ over 12.5 ms windows of the event as it sounds in the final mixture; windows bel
 """
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -110,6 +111,7 @@ class ClipPool:
         self.event_indices = np.flatnonzero(~flags)
         self._background_set = frozenset(self.background_indices.tolist())
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        self._lock: threading.Lock | None = None
         self._cache_size = cache_size
 
     def __len__(self) -> int:
@@ -133,19 +135,32 @@ class ClipPool:
         return wave, level
 
     def clip(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """(waveform, its A-weighted version, A-weighted level in dBFS), cached."""
-        hit = self._cache.pop(index, None)
-        if hit is None:
-            wave = self._load(index)
-            if wave.size == 0:
-                raise AudioDecodeError(f"audio record {self.name(index)} holds no samples")
-            weighted = audio_io.a_weight(wave)
-            hit = (wave, weighted, loudness_db(weighted))
+        """(waveform, its A-weighted version, A-weighted level in dBFS), cached (LRU)."""
+        with self._guard():
+            hit = self._cache.pop(index, None)
+            if hit is not None:
+                self._cache[index] = hit
+                return hit
+        wave = self._load(index)
+        if wave.size == 0:
+            raise AudioDecodeError(f"audio record {self.name(index)} holds no samples")
+        weighted = audio_io.a_weight(wave)
+        hit = (wave, weighted, loudness_db(weighted))
+        with self._guard():
             while self._cache and len(self._cache) >= self._cache_size:
                 self._cache.pop(next(iter(self._cache)))
-        if self._cache_size > 0:
-            self._cache[index] = hit
+            if self._cache_size > 0:
+                self._cache[index] = hit
         return hit
+
+    def _guard(self) -> threading.Lock:
+        # Grain maps elements on several threads; the lock is rebuilt after pickling.
+        if self._lock is None:
+            self._lock = threading.Lock()
+        return self._lock
+
+    def __getstate__(self):
+        return {**self.__dict__, "_lock": None, "_cache": {}}  # workers start with an empty cache
 
 
 class InMemoryPool(ClipPool):
