@@ -66,6 +66,11 @@ def test_host_shards_are_disjoint_and_complete():
     # Both processes use the same permutation, so each shard is a strided slice of it.
     everything = [int(i) for i in pipeline._indices(count, 3, 0, 1, 1)]
     assert seen[0] == everything[0::2] and seen[1] == everything[1::2]
+    # Later epochs are reshuffled, and the shards stay disjoint and complete in each.
+    two = [[int(i) for i in pipeline._indices(10, 3, p, 2, 2)] for p in range(2)]
+    epoch1, epoch2 = two[0][:5] + two[1][:5], two[0][5:] + two[1][5:]
+    assert sorted(epoch1) == sorted(epoch2) == list(range(10))
+    assert two[0][:5] != two[0][5:]
 
 
 def test_save_and_restore_mid_epoch_continues_identically():
