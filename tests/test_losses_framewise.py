@@ -11,6 +11,7 @@ from flam_jax.errors import InputError
 from flam_jax.losses.framewise import SedBatch, framewise_loss_dense, framewise_loss_ring
 
 NA, NT, T, E = 2, 3, 4, 8  # per device: clips, texts, frames, embedding size
+dense_jit = jax.jit(framewise_loss_dense, static_argnames=("num_blocks", "reference_normalizer"))
 
 
 def _unit(x):
@@ -107,6 +108,23 @@ def test_ring_over_two_mesh_axes():
         _assert_rel(got, want)
 
 
+@pytest.mark.parametrize("reference_normalizer", [False, True])
+@pytest.mark.parametrize("num_devices,num_groups", [(1, 2), (4, 8)])
+def test_ring_with_several_groups_per_device(num_devices, num_groups, reference_normalizer):
+    # Groups 0 and 1 (one device when there are two per device) share a caption.
+    batch = make_batch(num_groups, seed=7)
+    shape, axes = ((2, 2), ("data", "fsdp")) if num_devices == 4 else ((1,), ("data",))
+    mesh = _mesh(num_devices, shape, axes)
+    kw = dict(num_blocks=num_groups, reference_normalizer=reference_normalizer)
+    ring = _value_and_grads(
+        lambda b, s, c: framewise_loss_ring(b, mesh=mesh, batch_axes=axes, scale=s, bias=c, **kw), batch
+    )
+    dense = _value_and_grads(lambda b, s, c: framewise_loss_dense(b, scale=s, bias=c, **kw), batch)
+    _assert_rel(ring[0], dense[0])
+    for got, want in zip(ring[1], dense[1], strict=True):
+        _assert_rel(got, want)
+
+
 def _dense_by_hand(batch: SedBatch, num_blocks: int) -> float:
     """Eq. 4 written as loops over (clip, text) pairs, duplicates by caption id."""
     b = jax.tree.map(np.asarray, batch)
@@ -127,27 +145,27 @@ def _dense_by_hand(batch: SedBatch, num_blocks: int) -> float:
 
 def test_dense_is_eq4_with_caption_id_duplicates():
     batch = make_batch(2, seed=5)
-    _assert_rel(framewise_loss_dense(batch, num_blocks=2), _dense_by_hand(batch, 2))
-    base = framewise_loss_dense(batch, num_blocks=2)
+    _assert_rel(dense_jit(batch, num_blocks=2), _dense_by_hand(batch, 2))
+    base = dense_jit(batch, num_blocks=2)
     # Giving the duplicate (block 1, text 2) a fresh id makes it a negative for block 0 ...
     fresh = batch.caption_ids.copy()
     fresh[NT + 2] = 5000
-    assert abs(framewise_loss_dense(batch._replace(caption_ids=fresh), num_blocks=2) - base) > 1e-4
+    assert abs(dense_jit(batch._replace(caption_ids=fresh), num_blocks=2) - base) > 1e-4
     # ... while sharing only a padded text's id (block 1, text 0) never made it a duplicate.
     fresh = batch.caption_ids.copy()
     fresh[NT + 0] = 5001
-    _assert_rel(framewise_loss_dense(batch._replace(caption_ids=fresh), num_blocks=2), base)
+    _assert_rel(dense_jit(batch._replace(caption_ids=fresh), num_blocks=2), base)
 
 
 def test_normalisers_agree_on_one_device_and_differ_on_two():
     one = make_batch(1)
     _assert_rel(
-        framewise_loss_dense(one, reference_normalizer=True),
-        framewise_loss_dense(one, reference_normalizer=False),
+        dense_jit(one, reference_normalizer=True),
+        dense_jit(one, reference_normalizer=False),
     )
     two = make_batch(2)
-    default = framewise_loss_dense(two, num_blocks=2)
-    reference = framewise_loss_dense(two, num_blocks=2, reference_normalizer=True)
+    default = dense_jit(two, num_blocks=2)
+    reference = dense_jit(two, num_blocks=2, reference_normalizer=True)
     assert reference > default  # per-block means summed over two blocks: about twice Eq. 4
 
 
@@ -186,6 +204,8 @@ def test_bad_shapes_raise_input_error():
         framewise_loss_dense(batch._replace(labels=batch.labels[:, :2]), num_blocks=2)
     with pytest.raises(InputError, match="device blocks"):
         framewise_loss_ring(make_batch(1), mesh=_mesh(2))
+    with pytest.raises(InputError, match="do not split over"):
+        framewise_loss_ring(make_batch(3), mesh=_mesh(2), num_blocks=3)
     with pytest.raises(InputError, match="not an axis"):
         framewise_loss_ring(batch, mesh=_mesh(2), batch_axes="fsdp")
 

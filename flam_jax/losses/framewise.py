@@ -2,9 +2,11 @@
 
 z[i,j,t] = scale·α_j·⟨a_{i,t}, e_j⟩ + bias + sg(β_j),  ℓ = softplus(−y·z),  y = 2Y − 1.
 
-Each device holds a block of clips and the texts made from them (labels cover only those
-local pairs); a text of another device's block is a negative for every local clip unless
-its caption id equals the id of a valid local text (then it is dropped, not scored).
+The batch is made of G self-contained blocks (groups): clips and the texts made from
+them, labels covering only those pairs. A text of another group is a negative for every
+clip of a group unless its caption id equals the id of a valid text of that group (then
+it is dropped, not scored). Usually G = D, one group per device; G may be any multiple
+of D, which keeps the loss's meaning fixed when the device count changes.
 
 - ``framewise_loss_dense``: the whole [D·Na, D·Nt, T] tensor at once; a test oracle.
 - ``framewise_loss_ring``: the production loss. ``shard_map`` over the batch mesh axes;
@@ -54,12 +56,20 @@ def frame_logits(frames, text_emb, alpha, beta, scale=1.0, bias=0.0) -> jax.Arra
     return scale * alpha.astype(jnp.float32)[None, :, None] * cos + shift[None, :, None]
 
 
-def _pair_loss_sum(frames, text_emb, text_scale, text_shift, clip_mask, text_mask, signs):
-    """Σ over valid pairs and frames of softplus(−y·z), z = text_scale·cos + text_shift."""
+def _weighted_loss_sum(frames, text_emb, text_scale, text_shift, signs, pair_weight):
+    """Σ_ij pair_weight[i, j]·Σ_t softplus(−y·z), z = text_scale·cos + text_shift (one block)."""
     cos = jnp.einsum("itd,jd->ijt", frames, text_emb, preferred_element_type=jnp.float32)
     z = text_scale[None, :, None] * cos + text_shift[None, :, None]
-    pairs = (clip_mask[:, None] & text_mask[None, :]).astype(jnp.float32)
-    return jnp.sum(jax.nn.softplus(-signs * z) * pairs[:, :, None])
+    return jnp.sum(jax.nn.softplus(-signs * z) * pair_weight[:, :, None])
+
+
+def _pair_weights(clip_mask, text_masks, group_weights):
+    """[Na, Nt] weight of every pair at one hop, from the per-clip-group text masks
+    [k, Nt] and the per-(clip group, text group) weights [k, k]."""
+    k, nt = text_masks.shape
+    clip_group = jnp.arange(clip_mask.shape[0]) // (clip_mask.shape[0] // k)
+    text_group = jnp.arange(nt) // (nt // k)
+    return clip_mask[:, None] * text_masks[clip_group] * group_weights[clip_group][:, text_group]
 
 
 def _shift(tree, axis_name, num_devices):
@@ -68,17 +78,30 @@ def _shift(tree, axis_name, num_devices):
     return jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, perm), tree)
 
 
-def _received_text_masks(text_mask, ids, axis_name, num_devices):
-    """[D−1, Nt]: which texts of the block received at each hop are scored (valid, not a
-    duplicate of any valid local caption). Only masks and ids travel: a few bytes."""
+def _scored_texts(text_mask, ids, block_mask, block_ids, k):
+    """[k, Nt]: the texts of a block scored against each local clip group: valid, and
+    not a duplicate of any valid caption of that group."""
+    group_ids, group_valid = ids.reshape(k, -1), text_mask.reshape(k, -1)
+    dup = jnp.any(group_valid[:, :, None] & (group_ids[:, :, None] == block_ids[None, None, :]), axis=1)
+    return block_mask[None, :] & ~dup
+
+
+def _hop_text_masks(text_mask, ids, k, axis_name, num_devices):
+    """[D, k, Nt] scored texts at every hop (hop 0: this device's own texts). Only masks
+    and ids travel here: a few bytes per text."""
+    nt = text_mask.shape[0]
+    own_group = jnp.arange(k)[:, None] == (jnp.arange(nt) // (nt // k))[None, :]
+    # A group's own texts carry its labels; the duplicate rule applies to other groups only.
+    own = jnp.where(own_group, text_mask[None, :], _scored_texts(text_mask, ids, text_mask, ids, k))
+    if num_devices == 1:
+        return own[None]
 
     def hop(block, _):
         block = _shift(block, axis_name, num_devices)
-        mask, block_ids = block
-        dup = jnp.any(text_mask[None, :] & (ids[None, :] == block_ids[:, None]), axis=1)
-        return block, mask & ~dup
+        return block, _scored_texts(text_mask, ids, *block, k)
 
-    return jax.lax.scan(hop, (text_mask, ids), None, length=num_devices - 1)[1]
+    _, foreign = jax.lax.scan(hop, (text_mask, ids), None, length=num_devices - 1)
+    return jnp.concatenate([own[None], foreign])
 
 
 # The ring as one custom-VJP function. Autodiff of a scan would store every received
@@ -87,55 +110,53 @@ def _received_text_masks(text_mask, ids, axis_name, num_devices):
 # arrives back at the block's owner after a full turn. Both passes hold one
 # [Na, Nt, T] logit block at a time and nothing else that grows with D.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _ring_sum(axis_name, num_devices, frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights):
-    """Σ_k weights[k]·(loss sum of the text block received at hop k); hop 0 is the own block."""
-    return _ring_sum_fwd(
-        axis_name, num_devices, frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights
-    )[0]
+def _ring_sum(axis_name, num_devices, frames, emb, scale, shift, signs, clip_mask, masks, weights):
+    """Σ over hops of the weighted loss sum of the text block received at that hop; hop 0
+    is the own block (signs from the labels), later hops are all negative."""
+    return _ring_sum_fwd(axis_name, num_devices, frames, emb, scale, shift, signs, clip_mask, masks, weights)[
+        0
+    ]
 
 
-def _ring_sum_fwd(
-    axis_name, num_devices, frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights
-):
-    total = weights[0] * _pair_loss_sum(frames, emb, scale, shift, clip_mask, text_mask, signs)
+def _ring_sum_fwd(axis_name, num_devices, frames, emb, scale, shift, signs, clip_mask, masks, weights):
+    own_weight = _pair_weights(clip_mask, masks[0], weights[0])
+    total = _weighted_loss_sum(frames, emb, scale, shift, signs, own_weight)
     if num_devices > 1:
 
         def hop(carry, step):
             block, total = carry
-            mask, weight = step
             block = _shift(block, axis_name, num_devices)
-            total = total + weight * _pair_loss_sum(frames, *block, clip_mask, mask, -1.0)
-            return (block, total), None
+            weight = _pair_weights(clip_mask, *step)
+            return (block, total + _weighted_loss_sum(frames, *block, -1.0, weight)), None
 
-        (_, total), _ = jax.lax.scan(hop, ((emb, scale, shift), total), (masks, weights[1:]))
-    return total, (frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights)
+        (_, total), _ = jax.lax.scan(hop, ((emb, scale, shift), total), (masks[1:], weights[1:]))
+    return total, (frames, emb, scale, shift, signs, clip_mask, masks, weights)
 
 
 def _ring_sum_bwd(axis_name, num_devices, residuals, g):
-    frames, emb, scale, shift, clip_mask, text_mask, signs, masks, weights = residuals
+    frames, emb, scale, shift, signs, clip_mask, masks, weights = residuals
+    own_weight = _pair_weights(clip_mask, masks[0], weights[0])
     _, pull = jax.vjp(
-        lambda f, e, a, b: _pair_loss_sum(f, e, a, b, clip_mask, text_mask, signs), frames, emb, scale, shift
+        lambda f, e, a, b: _weighted_loss_sum(f, e, a, b, signs, own_weight), frames, emb, scale, shift
     )
-    d_frames, *d_block = pull(g * weights[0])
+    d_frames, *d_block = pull(g)
     if num_devices > 1:
 
         def hop(carry, step):
             block, d_block, d_frames = carry
-            mask, weight = step
             block, d_block = _shift((block, d_block), axis_name, num_devices)
-            _, pull = jax.vjp(
-                lambda f, e, a, b: _pair_loss_sum(f, e, a, b, clip_mask, mask, -1.0), frames, *block
-            )
-            d_f, *d_b = pull(g * weight)
+            weight = _pair_weights(clip_mask, *step)
+            _, pull = jax.vjp(lambda f, e, a, b: _weighted_loss_sum(f, e, a, b, -1.0, weight), frames, *block)
+            d_f, *d_b = pull(g)
             d_block = [x + y for x, y in zip(d_block, d_b, strict=True)]
             return (block, d_block, d_frames + d_f), None
 
         # The accumulator starts with the owner's own-block gradient and travels with its block.
         (_, d_block, d_frames), _ = jax.lax.scan(
-            hop, ((emb, scale, shift), d_block, d_frames), (masks, weights[1:])
+            hop, ((emb, scale, shift), d_block, d_frames), (masks[1:], weights[1:])
         )
         d_block = _shift(d_block, axis_name, num_devices)  # one more hop: back to the owner
-    return (d_frames, *d_block, None, None, None, None, None)
+    return (d_frames, *d_block, None, None, None, None)
 
 
 _ring_sum.defvjp(_ring_sum_fwd, _ring_sum_bwd)
@@ -207,6 +228,17 @@ def framewise_loss_dense(
     return jnp.mean(jnp.sum(_safe_mean(sums, counts, size), axis=1))
 
 
+def _own_signs(labels, k):
+    """±1 targets of the device's clips against its own texts: labels within a group,
+    −1 between its k groups."""
+    signs = _signs(labels)
+    if k == 1:
+        return signs
+    na, nt_group = labels.shape[0], labels.shape[1]
+    same = (jnp.arange(na) // (na // k))[:, None] == (jnp.arange(k * nt_group) // nt_group)[None, :]
+    return jnp.where(same[:, :, None], jnp.tile(signs, (1, k, 1)), -1.0)
+
+
 def framewise_loss_local(
     batch: SedBatch,
     scale,
@@ -214,40 +246,36 @@ def framewise_loss_local(
     *,
     axis_name: tuple[str, ...],
     num_devices: int,
+    groups_per_device: int = 1,
     reference_normalizer: bool = False,
 ) -> jax.Array:
     """The ring loss as seen from one device; call it inside ``shard_map`` over ``axis_name``.
 
+    The device's arrays hold ``groups_per_device`` self-contained groups (labels [Na, Nt/k, T]).
     Returns the global loss, identical on every device.
     """
     frames, audio_mask, text_emb, alpha, beta, text_mask, ids, labels = batch
     n_frames, embed_dim = frames.shape[1], frames.shape[2]
-    if num_devices > 1:
-        masks = _received_text_masks(text_mask, ids, axis_name, num_devices)
-    else:
-        masks = jnp.zeros((0, text_mask.shape[0]), bool)
-    valid_clips = jnp.sum(audio_mask.astype(jnp.float32))
-    texts = jnp.concatenate([jnp.sum(text_mask, keepdims=True), jnp.sum(masks, axis=1)])
-    counts = valid_clips * texts.astype(jnp.float32)  # valid pairs per hop
+    k, nt = groups_per_device, text_emb.shape[0]
+    masks = _hop_text_masks(text_mask, ids, k, axis_name, num_devices)  # [D, k, Nt]
+    valid_clips = audio_mask.reshape(k, -1).sum(axis=1).astype(jnp.float32)
+    texts = masks.reshape(num_devices, k, k, nt // k).sum(axis=-1).astype(jnp.float32)
+    counts = valid_clips[None, :, None] * texts  # valid pairs per (hop, clip group, text group)
     if reference_normalizer:
-        sizes = jnp.where(jnp.arange(num_devices) == 0, n_frames, embed_dim)
-        weights = _safe_mean(1.0, counts, sizes) / num_devices
+        own = (jnp.arange(num_devices) == 0)[:, None, None] & jnp.eye(k, dtype=bool)[None]
+        weights = _safe_mean(1.0, counts, jnp.where(own, n_frames, embed_dim)) / (k * num_devices)
     else:
-        weights = jnp.full(
-            (num_devices,), _safe_mean(1.0, jax.lax.psum(jnp.sum(counts), axis_name), n_frames)
-        )
-    text_scale = scale * alpha.astype(jnp.float32)
-    text_shift = bias + jax.lax.stop_gradient(beta).astype(jnp.float32)
+        total_pairs = jax.lax.psum(jnp.sum(counts), axis_name)
+        weights = jnp.broadcast_to(_safe_mean(1.0, total_pairs, n_frames), counts.shape)
     local = _ring_sum(
         axis_name,
         num_devices,
         frames,
         text_emb,
-        text_scale,
-        text_shift,
+        scale * alpha.astype(jnp.float32),
+        bias + jax.lax.stop_gradient(beta).astype(jnp.float32),
+        _own_signs(labels, k),
         audio_mask,
-        text_mask,
-        _signs(labels),
         masks,
         weights,
     )
@@ -259,6 +287,7 @@ def framewise_loss_ring(
     *,
     mesh: Mesh,
     batch_axes: str | tuple[str, ...] = ("data",),
+    num_blocks: int | None = None,
     scale=1.0,
     bias=0.0,
     reference_normalizer: bool = False,
@@ -266,15 +295,25 @@ def framewise_loss_ring(
     """The production loss on global (block-concatenated) arrays; usable inside ``jax.jit``.
 
     The leading axis of every field is split over ``batch_axes`` of ``mesh`` (in mesh
-    order), one block per device, as the data pipeline lays it out.
+    order). ``num_blocks`` self-contained groups (default: one per device; a multiple of
+    the device count) equals ``framewise_loss_dense(..., num_blocks=num_blocks)``.
     """
     axes = axes_tuple(batch_axes)
     num_devices = axes_size(mesh, axes)
-    _check(batch, num_devices)
+    num_blocks = num_devices if num_blocks is None else num_blocks
+    if num_blocks % num_devices:
+        raise InputError(f"{num_blocks} SED groups do not split over {num_devices} devices")
+    _check(batch, num_blocks)
     spec = P(axes)
     body = shard_map(
         lambda b, s, c: framewise_loss_local(
-            b, s, c, axis_name=axes, num_devices=num_devices, reference_normalizer=reference_normalizer
+            b,
+            s,
+            c,
+            axis_name=axes,
+            num_devices=num_devices,
+            groups_per_device=num_blocks // num_devices,
+            reference_normalizer=reference_normalizer,
         ),
         mesh=mesh,
         in_specs=(SedBatch(*([spec] * len(SedBatch._fields))), P(), P()),

@@ -76,28 +76,31 @@ def flam_loss(
     settings: LossSettings = LossSettings(),
     mesh: Mesh | None = None,
     batch_axes: str | tuple[str, ...] = ("data",),
-    num_blocks: int = 1,
+    num_blocks: int | None = None,
     global_bias=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(loss, metrics). ``audio_emb``/``text_emb`` [B, E] may be None (no global batch).
 
-    With ``mesh``, ``num_blocks`` is the device count along ``batch_axes``; without it,
-    ``num_blocks`` says how many device blocks the global arrays concatenate.
+    ``num_blocks`` is the number of self-contained SED groups the global arrays
+    concatenate: default one per device along ``batch_axes`` of ``mesh`` (any multiple
+    of the device count works), or 1 without a mesh.
     ``global_bias`` is the sigmoid global loss's bias (default ``settings.sigmoid_bias``).
     """
     s = settings
     if mesh is not None:
         axes = axes_tuple(batch_axes)
-        num_blocks = axes_size(mesh, axes)
+        num_blocks = num_blocks or axes_size(mesh, axes)
         sed_loss = framewise_loss_ring(
             sed,
             mesh=mesh,
             batch_axes=axes,
+            num_blocks=num_blocks,
             scale=s.framewise_scale,
             bias=s.framewise_bias,
             reference_normalizer=s.reference_normalizer,
         )
     else:
+        num_blocks = num_blocks or 1
         sed_loss = framewise_loss_dense(
             sed,
             num_blocks=num_blocks,
