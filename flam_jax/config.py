@@ -28,6 +28,7 @@ def base_config() -> ConfigDict:
     c.model.audio_size = "base"  # a key of flam_jax.models.configs.HTSAT_CONFIGS
     c.model.text_tower = "roberta-base"  # a key of flam_jax.models.configs.TEXT_CONFIGS
     c.model.text_weights = ""  # local HF directory with pretrained text weights; "" = random
+    c.model.tokenizer = ""  # tokenizer file or directory for training; "" = model.text_weights
     c.model.embed_dim = 512
     c.model.per_text_scale = True  # ablation switch: alpha = exp(MLP) vs the constant 1
     c.model.per_text_bias = True  # ablation switch: beta = MLP vs the constant 0
@@ -81,6 +82,8 @@ def base_config() -> ConfigDict:
     c.train.steps = 1000
     c.train.log_every = 10
     c.train.eval_every = 0  # 0 disables the validation hook
+    c.train.eval_split = "validation"  # split of data.sed_dataset the hook's mixtures come from
+    c.train.eval_mixtures = 32  # fixed simulated mixtures scored by the hook (frame AUROC)
     c.train.ckpt_every = 500
     c.train.ckpt_keep = 3
     c.train.ckpt_keep_every = 0  # also keep every K-th step; 0 = none

@@ -83,7 +83,6 @@ def _final_params(workdir, step):
         str(workdir),
         model_factory=st.standin_model_factory,
         data_factory=lambda c, m: None,
-        objective_factory=st.standin_objective_factory,
     )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
     try:
@@ -102,7 +101,6 @@ def straight(tmp_path_factory):
         str(workdir),
         model_factory=st.standin_model_factory,
         data_factory=st.standin_data_factory,
-        objective_factory=st.standin_objective_factory,
     )
     assert result["status"] == "done" and result["step"] == 6
     return workdir, _losses(workdir), _final_params(workdir, 6)
@@ -194,7 +192,6 @@ def test_corrupt_or_incompatible_checkpoint_is_one_line_error(straight, tmp_path
         str(tmp_path),
         model_factory=lambda c, rngs: _wider(rngs),
         data_factory=lambda c, m: None,
-        objective_factory=st.standin_objective_factory,
     )
     with pytest.raises(CheckpointError, match=r"checkpoints/6 does not match") as err:
         ckpt.restore(6, trainer.sharded_abstract_state())
@@ -215,7 +212,6 @@ def test_corrupt_or_incompatible_checkpoint_is_one_line_error(straight, tmp_path
         str(tmp_path),
         model_factory=st.standin_model_factory,
         data_factory=lambda c, m: None,
-        objective_factory=st.standin_objective_factory,
     )
     broken = Checkpointer(str(copy), keep=3)
     with pytest.raises(CheckpointError, match=r"copy/6") as err:

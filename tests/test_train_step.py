@@ -20,7 +20,6 @@ def _trainer(config, devices=None):
         "/unused",
         model_factory=st.standin_model_factory,
         data_factory=st.standin_data_factory,
-        objective_factory=st.standin_objective_factory,
         devices=devices,
     )
 
@@ -116,6 +115,5 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             str(tmp_path),
             model_factory=st.standin_model_factory,
             data_factory=poisoned,
-            objective_factory=st.standin_objective_factory,
         )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]

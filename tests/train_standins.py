@@ -1,5 +1,6 @@
 """Small stand-ins for the trainer tests: a tiny model with FlamModel's embedding API
-and a tiny synthetic, checkpointable Grain data source.
+and a tiny synthetic, checkpointable Grain data source in the pipeline's batch layout.
+The objective is the real one (``train.objective`` over ``losses.total``).
 
 Also a driver: ``python tests/train_standins.py WORKDIR [--devices N] [--steps S]
 [--slow SECONDS] [--config.k=v ...] [--coordinator ... --num_processes N --process_id I]``
@@ -80,42 +81,6 @@ def standin_model_factory(config, rngs):
             return emb, alpha, beta
 
     return TinyFlam(rngs)
-
-
-def standin_objective_factory(config, mesh):
-    """InfoNCE + dense frame-wise sigmoid + β prior, written plainly on global arrays."""
-    import jax
-    import jax.numpy as jnp
-
-    groups = config.data.sed_groups or mesh.size
-
-    def objective(model, batch):
-        g, s = batch["global"], batch["sed"]
-        _, a = model.embed_audio(g["audio"], train=True)
-        t, _, _ = model.embed_text(g["text_tokens"], g["text_attention"], train=True)
-        logits = jnp.exp(model.logit_scale[...]) * a @ t.T
-        diag = jnp.arange(a.shape[0])
-        clip = 0.5 * (
-            -jax.nn.log_softmax(logits, 1)[diag, diag].mean()
-            - jax.nn.log_softmax(logits, 0)[diag, diag].mean()
-        )
-        frames, _ = model.embed_audio(s["audio"], train=True)
-        emb, alpha, beta = model.embed_text(s["text_tokens"], s["text_attention"], train=True)
-        na, nt = frames.shape[0] // groups, emb.shape[0] // groups
-        own = (jnp.arange(frames.shape[0])[:, None] // na) == (jnp.arange(emb.shape[0])[None, :] // nt)
-        labels = jnp.where(own[..., None], jnp.tile(s["labels"], (1, groups, 1)), 0).astype(jnp.float32)
-        z = (
-            alpha[None, :, None] * jnp.einsum("itd,jd->ijt", frames, emb)
-            + jax.lax.stop_gradient(beta)[None, :, None]
-        )
-        pair = (s["audio_mask"][:, None] & s["text_mask"][None, :]).astype(jnp.float32)
-        sed = (jax.nn.softplus(-(2 * labels - 1) * z) * pair[..., None]).sum() / (pair.sum() * FRAMES)
-        ratio = labels.mean(axis=(0, 2))
-        prior = jnp.mean(ratio * jax.nn.softplus(-beta) + (1 - ratio) * jax.nn.softplus(beta))
-        total = clip + config.loss.w_sed * sed + prior
-        return total, {"loss_clip": clip, "loss_sed": sed, "loss_prior": prior, "alpha_mean": alpha.mean()}
-
-    return objective
 
 
 def _host_batch(index: int, config, process_index: int, process_count: int, slow: float) -> dict:
@@ -202,7 +167,6 @@ def _driver(argv: list[str]) -> int:
         args.workdir,
         model_factory=standin_model_factory,
         data_factory=lambda c, m: standin_data_factory(c, m, args.slow),
-        objective_factory=standin_objective_factory,
     )
     print(f"RESULT {result['status']} {result['step']}", flush=True)
     return 0

@@ -11,7 +11,7 @@ from ml_collections import config_flags
 
 from flam_jax import config as config_lib
 from flam_jax.cli import report_errors
-from flam_jax.errors import ConfigError, NotBuiltError
+from flam_jax.errors import ConfigError
 
 _OVERRIDE = re.compile(r"^--?config\.([A-Za-z0-9_.]+)(=.*)?$")
 
@@ -24,6 +24,10 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
         "config", None, "experiment file, experiments/X.py[:variant]", flag_values=fv, sys_argv=argv
     )
     flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, config)", flag_values=fv)
+    # Multi-process launches without a recognised cluster environment (see train.distributed).
+    flags.DEFINE_string("coordinator", "", "host:port of process 0 for jax.distributed", flag_values=fv)
+    flags.DEFINE_integer("num_processes", 0, "number of processes in the job", flag_values=fv)
+    flags.DEFINE_integer("process_id", -1, "this process's index in the job", flag_values=fv)
     return fv
 
 
@@ -38,6 +42,12 @@ def _config_spec(argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str]:
     """argv (program name first) -> (validated config, workdir). Raises ConfigError."""
+    config, workdir, _ = parse_all_flags(argv)
+    return config, workdir
+
+
+def parse_all_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str, dict]:
+    """Like ``parse_flags``, plus the multi-process flags as a dict."""
     spec = _config_spec(argv[1:])
     # Load once ourselves so that unknown override keys get a message naming the key,
     # rather than absl's bare KeyError.
@@ -56,15 +66,28 @@ def parse_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str]:
     if not fv.workdir:
         raise ConfigError("missing required flag --workdir=DIR")
     config = config_lib.validate(fv.config)
-    return config, fv.workdir
+    launch = {"coordinator": fv.coordinator, "num_processes": fv.num_processes, "process_id": fv.process_id}
+    return config, fv.workdir, launch
 
 
 @report_errors
 def main(argv: list[str]) -> int:
-    config, workdir = parse_flags(argv)
-    path = config_lib.write_resolved(config, workdir)
-    print(f"resolved config written to {path}")
-    raise NotBuiltError("flam-train: the training loop is not built yet (training issue)")
+    config, workdir, launch = parse_all_flags(argv)
+    # Before anything touches a jax backend.
+    from flam_jax.train import distributed
+
+    distributed.initialize(**launch)
+    import jax
+
+    if jax.process_index() == 0:
+        path = config_lib.write_resolved(config, workdir)
+        print(f"resolved config written to {path}")
+    from flam_jax.train.trainer import train_and_evaluate
+
+    result = train_and_evaluate(config, workdir)
+    if jax.process_index() == 0:
+        print(f"{result['status']} at step {result['step']}")
+    return 0
 
 
 def run() -> None:

@@ -26,9 +26,10 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from flam_jax.errors import FlamError, NotBuiltError
+from flam_jax.errors import CheckpointError, FlamError
 from flam_jax.train import sharding as sharding_lib
 from flam_jax.train.checkpoint import Checkpointer
+from flam_jax.train.data import uses_global, uses_sed
 from flam_jax.train.metrics import MetricWriter, Progress
 from flam_jax.train.optim import make_optimizer
 from flam_jax.train.state import ModelDef, TrainState
@@ -56,11 +57,25 @@ def default_objective_factory(config, mesh):
 
 
 def default_data_factory(config, mesh):
-    try:
-        from flam_jax.data import pipeline
-    except ImportError as err:
-        raise NotBuiltError("the training data pipeline (flam_jax.data.pipeline) is not built yet") from err
-    return pipeline.train_iterator(config, mesh)
+    from flam_jax.train.data import pipeline_batches
+
+    return pipeline_batches(config, mesh)
+
+
+def default_eval_fn(config) -> EvalFn:
+    """Frame AUROC on ``train.eval_mixtures`` fixed mixtures from ``train.eval_split``."""
+    from flam_jax.data.pipeline import open_pool, simulator_config
+    from flam_jax.data.tokenizers import load_tokenizer
+    from flam_jax.evals.hook import simulate_mixtures, validation_hook
+    from flam_jax.train.data import tokenizer_path
+
+    pool = open_pool(
+        config.data.dir, config.data.sed_dataset, config.train.eval_split, config.data.pool_cache
+    )
+    mixtures = simulate_mixtures(
+        pool, config.train.eval_mixtures, seed=config.seed + 1, cfg=simulator_config(config)
+    )
+    return validation_hook(mixtures, load_tokenizer(tokenizer_path(config), config.model.context_length))
 
 
 class _Preemption:
@@ -120,7 +135,9 @@ class Trainer:
         self.state_shardings = sharding_lib.tree_shardings(self.abstract_state, self.mesh, config.mesh)
         self.objective = (objective_factory or default_objective_factory)(config, self.mesh)
         self.data = (data_factory or default_data_factory)(config, self.mesh)
-        self.examples_per_step = config.data.global_batch + config.data.sed_clips
+        self.examples_per_step = config.data.global_batch * uses_global(
+            config
+        ) + config.data.sed_clips * uses_sed(config)
         self._step_fn = None
 
     # --- state
@@ -134,9 +151,34 @@ class Trainer:
         return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
 
     def init_state(self) -> TrainState:
-        """Fresh parameters, created directly in their sharded layout."""
+        """Fresh parameters, created directly in their sharded layout (then any pretrained
+        weights from ``model.text_weights`` / ``train.init_from`` put in place)."""
         with jax.set_mesh(self.mesh):
-            return jax.jit(self._init_state, out_shardings=self.state_shardings)()
+            state = jax.jit(self._init_state, out_shardings=self.state_shardings)()
+        weights = self._initial_weights()
+        if not weights:
+            return state
+        params, extra = dict(state.params), dict(state.extra)
+        unknown = sorted(set(weights) - set(params) - set(extra))
+        if unknown:
+            raise CheckpointError(f"initial weights name {len(unknown)} unknown variables, e.g. {unknown[0]}")
+        for name, value in weights.items():
+            target, shardings = (
+                (params, self.state_shardings.params)
+                if name in params
+                else (extra, self.state_shardings.extra)
+            )
+            if tuple(value.shape) != tuple(target[name].shape):
+                raise CheckpointError(
+                    f"initial weight {name} has shape {value.shape}, the model needs {target[name].shape}"
+                )
+            target[name] = jax.device_put(np.asarray(value, target[name].dtype), shardings[name])
+        return state.replace(params=params, extra=extra)
+
+    def _initial_weights(self) -> dict:
+        from flam_jax.train.init import initial_weights
+
+        return initial_weights(self.config, nnx.eval_shape(self._build))
 
     def sharded_abstract_state(self):
         return jax.tree.map(
@@ -222,6 +264,8 @@ def train_and_evaluate(
         objective_factory=objective_factory,
     )
     tc = config.train
+    if eval_fn is None and tc.eval_every > 0:
+        eval_fn = default_eval_fn(config)
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=tc.ckpt_keep, keep_every=tc.ckpt_keep_every
     )

@@ -1,0 +1,59 @@
+"""Starting weights other than random: a pretrained text tower and/or an export directory.
+
+- ``model.text_weights``: a Hugging Face checkpoint directory (safetensors + config.json)
+  loaded into the text tower (e.g. all-MiniLM-L6-v2 for cpu_demo, roberta-base).
+- ``train.init_from``: an export directory (``flam-export`` or ``flam-convert-openflam``
+  output); every parameter and BatchNorm statistic it holds replaces the fresh one.
+
+Both return host arrays keyed by the train state's flat names (``a/b/0/c``); the
+trainer places them onto the parameters' shardings. Only a fresh run uses them: a
+resumed run continues from its checkpoint.
+"""
+
+import os
+
+import numpy as np
+from flax import nnx
+
+from flam_jax.errors import CheckpointError
+
+
+def _text_tower_weights(model_config, abstract_model) -> dict[str, np.ndarray]:
+    from flam_jax.export.from_hf import load_text_weights
+
+    text = abstract_model.text
+    load_text_weights(text, model_config.text_weights)
+    flat = {}
+    for path, var in nnx.to_flat_state(nnx.state(text, nnx.Param)):
+        value = var.get_value()
+        if not hasattr(value, "__array__"):
+            raise CheckpointError(f"{model_config.text_weights} left text/{path} unset")
+        flat["/".join(("text", *map(str, path)))] = np.asarray(value)
+    return flat
+
+
+def _export_weights(export_dir: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    from flam_jax.export.export_dir import PARAMS_FILE
+
+    path = os.path.join(export_dir, PARAMS_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"train.init_from: {export_dir} has no {PARAMS_FILE}")
+    try:
+        weights = load_file(path)
+    except Exception as err:  # safetensors raises its own types for damaged files
+        raise CheckpointError(f"train.init_from: cannot read {path}: {err}") from err
+    # Export names are the same module paths, dotted.
+    return {name.replace(".", "/"): value for name, value in weights.items()}
+
+
+def initial_weights(config, abstract_model: nnx.Module) -> dict[str, np.ndarray]:
+    """{flat name: host array} to overwrite after random initialisation (may be empty)."""
+    weights: dict[str, np.ndarray] = {}
+    if config.train.init_from:
+        weights.update(_export_weights(config.train.init_from))
+    if config.model.text_weights:
+        # A fresh abstract copy: loading fills its variables with concrete arrays.
+        weights.update(_text_tower_weights(config.model, nnx.clone(abstract_model)))
+    return weights
