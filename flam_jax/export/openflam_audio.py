@@ -190,11 +190,13 @@ def detect_htsat_size(state: Mapping[str, np.ndarray], *, prefix: str = PREFIX) 
                 if k.startswith(f"{prefix}layers.{stage}.blocks.") and k.endswith(".norm1.weight")
             )
         )
-    heads = tuple(
-        int(np.shape(state[f"{prefix}layers.{s}.blocks.0.attn.relative_position_bias_table"])[1])
-        for s in range(len(depths))
-    )
-    geometry = (int(np.shape(conv)[0]), int(np.shape(conv)[2]), tuple(depths), heads)
+    heads = []
+    for stage in range(len(depths)):
+        key = f"{prefix}layers.{stage}.blocks.0.attn.relative_position_bias_table"
+        if key not in state or len(np.shape(state[key])) != 2:
+            raise CheckpointError(f"{key} missing or not (225, heads): cannot tell the HTS-AT size")
+        heads.append(int(np.shape(state[key])[1]))
+    geometry = (int(np.shape(conv)[0]), int(np.shape(conv)[2]), tuple(depths), tuple(heads))
     for name, cfg in HTSAT_CONFIGS.items():
         if (cfg.embed_dim, cfg.patch_size, cfg.depths, cfg.num_heads) == geometry:
             return name
@@ -210,18 +212,65 @@ def load_htsat(model, state: Mapping[str, np.ndarray], *, prefix: str = PREFIX) 
 
     pure, used = convert_htsat(state, model.cfg, prefix=prefix)
     target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    flat_target = dict(nnx.to_flat_state(target))
-    flat_new = _flatten(pure)
-    if set(flat_target) != set(flat_new):
-        gap = sorted(map(str, set(flat_target) ^ set(flat_new)))
-        raise CheckpointError(f"converted audio state does not cover the model: {', '.join(gap[:8])}")
-    for path, value in flat_new.items():
-        want = flat_target[path].get_value().shape
-        if value.shape != want:
-            raise CheckpointError(f"{'/'.join(map(str, path))}: converted shape {value.shape}, model {want}")
+    _check_covers(dict(nnx.to_flat_state(target)), _flatten(pure))
     nnx.replace_by_pure_dict(target, pure)
     nnx.update(model, target)
     return used
+
+
+def htsat_from_openflam(
+    state: Mapping[str, np.ndarray],
+    size: str | None = None,
+    *,
+    prefix: str = PREFIX,
+    compute_dtype="float32",
+    remat: str = "none",
+    seed: int = 0,
+):
+    """A new HTSAT holding the checkpoint's audio branch, without a random initialisation.
+
+    The model is traced abstractly (``nnx.eval_shape``) and filled with the converted
+    arrays, which avoids compiling every initialiser (tens of seconds on a CPU). Only the
+    rng streams (SpecAugment, stochastic depth) are seeded from ``seed``.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from flam_jax.models.htsat import HTSAT
+
+    size = size or detect_htsat_size(state, prefix=prefix)
+    cfg = HTSAT_CONFIGS[size]
+    pure, _ = convert_htsat(state, cfg, prefix=prefix)
+    values = _flatten(pure)
+    abstract = nnx.eval_shape(
+        lambda: HTSAT(cfg, rngs=nnx.Rngs(seed), compute_dtype=compute_dtype, remat=remat)
+    )
+    graphdef, model_state = nnx.split(abstract)
+    flat = dict(nnx.to_flat_state(model_state))
+    _check_covers({p: v for p, v in flat.items() if isinstance(v, nnx.Param | nnx.BatchStat)}, values)
+    root = jax.random.key(seed)
+    for i, (path, variable) in enumerate(sorted(flat.items(), key=lambda item: str(item[0]))):
+        if path in values:
+            variable.set_value(jnp.asarray(values[path]))
+        elif isinstance(variable, nnx.RngKey):
+            variable.set_value(jax.random.fold_in(root, i))
+        elif isinstance(variable, nnx.RngCount):
+            variable.set_value(jnp.zeros((), jnp.uint32))
+        else:  # a new kind of state this loader does not know how to fill
+            raise CheckpointError(f"HTSAT state {'/'.join(map(str, path))} has no value in the checkpoint")
+    return nnx.merge(graphdef, model_state)
+
+
+def _check_covers(target: dict, converted: dict) -> None:
+    """The converted arrays must be exactly the model's parameters and statistics, same shapes."""
+    if set(target) != set(converted):
+        gap = sorted("/".join(map(str, p)) for p in set(target) ^ set(converted))
+        raise CheckpointError(f"converted audio state does not match the model at: {', '.join(gap[:8])}")
+    for path, value in converted.items():
+        want = tuple(target[path].get_value().shape)
+        if tuple(value.shape) != want:
+            raise CheckpointError(f"{'/'.join(map(str, path))}: converted shape {value.shape}, model {want}")
 
 
 def _flatten(tree: dict, path: tuple = ()) -> dict:
