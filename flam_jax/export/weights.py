@@ -97,15 +97,20 @@ class Conversion:
         """Mark a source key as consumed without storing it (recomputed buffers)."""
         self.used.add(key)
 
-    def put(self, target: str, value: np.ndarray | None, source_key: str) -> None:
+    def put(
+        self, target: str, value: np.ndarray | None, source_key: str, source_shape: tuple | None = None
+    ) -> None:
+        """``source_shape``: the tensor's shape as stored, when ``value`` was reshaped from it."""
         if value is None:  # the source key was missing; already recorded
             return
         if target not in self.targets:
             raise CheckpointError(f"{self.what}: {source_key} maps to {target}, which the model lacks")
         need = tuple(self.targets[target])
         if tuple(value.shape) != need:
+            stored = tuple(value.shape) if source_shape is None else tuple(source_shape)
+            converted = "" if source_shape is None else f" (converted {tuple(value.shape)})"
             raise CheckpointError(
-                f"{self.what}: {source_key} has shape {tuple(value.shape)} but {target} needs {need}"
+                f"{self.what}: {source_key} has shape {stored}{converted} but {target} needs {need}"
             )
         # np.array, not ascontiguousarray: the latter turns 0-d scalars into shape (1,).
         self.out[target] = np.array(value, dtype=np.float32 if value.dtype.kind == "f" else None, order="C")
@@ -113,9 +118,10 @@ class Conversion:
     def move(self, source_key: str, target: str, transform: Callable[[np.ndarray], np.ndarray] | None = None):
         """take + optional transform + put."""
         value = self.take(source_key)
+        shape = None if value is None else value.shape
         if value is not None and transform is not None:
             value = transform(value)
-        self.put(target, value, source_key)
+        self.put(target, value, source_key, shape if transform is not None else None)
 
     def finish(self, *, extra_targets_ok: bool = False) -> dict[str, np.ndarray]:
         unexpected = sorted(set(self.source) - self.used)

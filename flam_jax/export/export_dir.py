@@ -1,0 +1,138 @@
+"""The export directory: what ``FLAM.load`` opens and every exporter writes.
+
+    EXPORT_DIR/
+      config.json          {"format": "flam_jax.export", "version": 1,
+                            "model": {config.model keys}, "tokenizer": "tokenizer" | null,
+                            "source": free text}
+      params.safetensors   float32 weights keyed by dotted nnx path
+                           (``audio.layers.0.blocks.1.attn.qkv.kernel``, ``text.pooler.bias``,
+                           ``audio.frontend.bn0.mean`` ...): every nnx.Param and BatchStat
+      tokenizer/           the tokenizer files (``data.tokenizers.load_tokenizer`` reads them)
+
+The model is rebuilt from ``model`` with ``models.flam.build_model`` and must match the
+stored weights exactly (names and shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from flam_jax.errors import CheckpointError, FlamError, ModelLoadError
+
+FORMAT = "flam_jax.export"
+VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+def model_config_dict(model_config) -> dict:
+    """The config.model section as a plain dict (ConfigDict or dict in)."""
+    return dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+
+
+def save_export(out_dir: str, weights: dict[str, np.ndarray], model_config, tokenizer=None, source: str = ""):
+    """Write an export directory from a flat weight dict (``export.weights.get_weights``)."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer_entry = None
+    if tokenizer is not None:
+        tokenizer.save(os.path.join(out_dir, TOKENIZER_DIR))
+        tokenizer_entry = TOKENIZER_DIR
+    arrays = {k: np.array(v, order="C") for k, v in weights.items()}  # keeps 0-d scalars 0-d
+    tmp = os.path.join(out_dir, PARAMS_FILE + ".tmp")
+    save_file(arrays, tmp, metadata={"format": FORMAT, "version": str(VERSION)})
+    os.replace(tmp, os.path.join(out_dir, PARAMS_FILE))
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_config_dict(model_config),
+        "tokenizer": tokenizer_entry,
+        "source": source,
+    }
+    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def read_config(export_dir: str) -> dict:
+    path = os.path.join(export_dir, CONFIG_FILE)
+    if not os.path.isdir(export_dir):
+        raise ModelLoadError(f"export directory not found: {export_dir}")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"{export_dir} is not an export directory (no {CONFIG_FILE})") from err
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot read {path}: {err}") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
+        raise ModelLoadError(f"{path} is not a flam_jax export config")
+    if config.get("version") != VERSION:
+        raise ModelLoadError(f"{path}: export version {config.get('version')} is not supported ({VERSION})")
+    return config
+
+
+def _full_model_config(model_section: dict, where: str):
+    from flam_jax.config import base_config
+
+    cfg = base_config().model
+    for key, value in model_section.items():
+        if key not in cfg:
+            raise ModelLoadError(f"{where}: unknown model key {key!r}")
+        try:
+            cfg[key] = value
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"{where}: bad model.{key}={value!r}: {err}") from err
+    return cfg
+
+
+def _materialise_rng_state(model: nnx.Module, seed: int = 0) -> None:
+    """Give an ``nnx.eval_shape`` model concrete RNG keys and counters."""
+    state = nnx.state(model, nnx.RngState)
+    flat = nnx.to_flat_state(state)
+    for i, (_, var) in enumerate(flat):
+        if isinstance(var, nnx.RngKey):
+            var.set_value(jax.random.key(seed + i))
+        else:
+            value = var.get_value()
+            var.set_value(jnp.zeros(value.shape, value.dtype))
+    nnx.update(model, nnx.from_flat_state(flat))
+
+
+def load_export(export_dir: str):
+    """(model, model_config, tokenizer or None) from an export directory."""
+    from safetensors.numpy import load_file
+
+    from flam_jax.data.tokenizers import load_tokenizer
+    from flam_jax.export.weights import set_weights
+    from flam_jax.models.flam import build_model
+
+    config = read_config(export_dir)
+    model_cfg = _full_model_config(config["model"], os.path.join(export_dir, CONFIG_FILE))
+    params_path = os.path.join(export_dir, PARAMS_FILE)
+    if not os.path.isfile(params_path):
+        raise ModelLoadError(f"{export_dir} has no {PARAMS_FILE}")
+    try:
+        weights = load_file(params_path)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ModelLoadError(f"cannot read {params_path}: {err}") from err
+    try:
+        model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
+        set_weights(model, weights, what=params_path)
+    except CheckpointError as err:
+        raise ModelLoadError(str(err)) from err
+    except FlamError as err:  # a bad config value (ConfigError) in the stored model section
+        raise ModelLoadError(f"{export_dir}: {err}") from err
+    _materialise_rng_state(model)
+    tokenizer = None
+    if config.get("tokenizer"):
+        tokenizer = load_tokenizer(os.path.join(export_dir, config["tokenizer"]), model_cfg.context_length)
+    return model, model_cfg, tokenizer
