@@ -245,3 +245,14 @@ def test_remat_stage_matches_plain_values_and_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="remat"):
         htsat.HTSAT(MINI, rngs=nnx.Rngs(0), remat="everything")
+
+
+@pytest.mark.parametrize("size", sorted(HTSAT_CONFIGS))
+def test_every_config_traces_to_its_frame_shape(size):
+    cfg = HTSAT_CONFIGS[size]
+
+    def forward(wave):
+        return htsat.HTSAT(cfg, rngs=nnx.Rngs(0))(wave, train=True)
+
+    out = jax.eval_shape(forward, jax.ShapeDtypeStruct((2, 480000), jnp.float32))
+    assert out.shape == (2, cfg.num_frames, cfg.out_dim) and out.dtype == jnp.float32
