@@ -74,6 +74,8 @@ def _pair_weights(clip_mask, text_masks, group_weights):
 
 def _shift(tree, axis_name, num_devices):
     """Send every array one device along the ring (d → d + 1)."""
+    if num_devices == 1:
+        return tree
     perm = [(d, (d + 1) % num_devices) for d in range(num_devices)]
     return jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, perm), tree)
 
@@ -108,54 +110,54 @@ def _hop_text_masks(text_mask, ids, k, axis_name, num_devices):
 # text block for the backward pass (memory growing with D); instead the backward pass
 # sends the blocks around the ring again, each with its gradient accumulator, which
 # arrives back at the block's owner after a full turn. Both passes hold one
-# [Na, Nt, T] logit block at a time and nothing else that grows with D.
+# [Na, Nt, T] logit block at a time and nothing else that grows with D. The own block
+# is hop 0 of the same loop (with the labels' signs): a separate step before a one-step
+# loop lets XLA unroll it (D = 2) and schedule two blocks at once.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _ring_sum(axis_name, num_devices, frames, emb, scale, shift, signs, clip_mask, masks, weights):
-    """Σ over hops of the weighted loss sum of the text block received at that hop; hop 0
+    """Σ over hops of the weighted loss sum of the text block held at that hop; hop 0
     is the own block (signs from the labels), later hops are all negative."""
     return _ring_sum_fwd(axis_name, num_devices, frames, emb, scale, shift, signs, clip_mask, masks, weights)[
         0
     ]
 
 
+def _hop_inputs(signs, clip_mask, masks, weights, step):
+    """(targets, pair weights) of one hop."""
+    index, hop_masks, hop_weights = step
+    return jnp.where(index == 0, signs, -1.0), _pair_weights(clip_mask, hop_masks, hop_weights)
+
+
 def _ring_sum_fwd(axis_name, num_devices, frames, emb, scale, shift, signs, clip_mask, masks, weights):
-    own_weight = _pair_weights(clip_mask, masks[0], weights[0])
-    total = _weighted_loss_sum(frames, emb, scale, shift, signs, own_weight)
-    if num_devices > 1:
+    def hop(carry, step):
+        block, total = carry
+        targets, weight = _hop_inputs(signs, clip_mask, masks, weights, step)
+        total = total + _weighted_loss_sum(frames, *block, targets, weight)
+        return (_shift(block, axis_name, num_devices), total), None
 
-        def hop(carry, step):
-            block, total = carry
-            block = _shift(block, axis_name, num_devices)
-            weight = _pair_weights(clip_mask, *step)
-            return (block, total + _weighted_loss_sum(frames, *block, -1.0, weight)), None
-
-        (_, total), _ = jax.lax.scan(hop, ((emb, scale, shift), total), (masks[1:], weights[1:]))
+    steps = (jnp.arange(num_devices), masks, weights)
+    zero = jnp.zeros_like(shift[0])  # zeros_like keeps the device-varying type a carry needs
+    (_, total), _ = jax.lax.scan(hop, ((emb, scale, shift), zero), steps)
     return total, (frames, emb, scale, shift, signs, clip_mask, masks, weights)
 
 
 def _ring_sum_bwd(axis_name, num_devices, residuals, g):
     frames, emb, scale, shift, signs, clip_mask, masks, weights = residuals
-    own_weight = _pair_weights(clip_mask, masks[0], weights[0])
-    _, pull = jax.vjp(
-        lambda f, e, a, b: _weighted_loss_sum(f, e, a, b, signs, own_weight), frames, emb, scale, shift
-    )
-    d_frames, *d_block = pull(g)
-    if num_devices > 1:
 
-        def hop(carry, step):
-            block, d_block, d_frames = carry
-            block, d_block = _shift((block, d_block), axis_name, num_devices)
-            weight = _pair_weights(clip_mask, *step)
-            _, pull = jax.vjp(lambda f, e, a, b: _weighted_loss_sum(f, e, a, b, -1.0, weight), frames, *block)
-            d_f, *d_b = pull(g)
-            d_block = [x + y for x, y in zip(d_block, d_b, strict=True)]
-            return (block, d_block, d_frames + d_f), None
+    def hop(carry, step):
+        block, d_block, d_frames = carry
+        targets, weight = _hop_inputs(signs, clip_mask, masks, weights, step)
+        _, pull = jax.vjp(lambda f, e, a, b: _weighted_loss_sum(f, e, a, b, targets, weight), frames, *block)
+        d_f, *d_b = pull(g)
+        d_block = tuple(x + y for x, y in zip(d_block, d_b, strict=True))
+        # The accumulator travels with its block; after D hops both are back home.
+        block, d_block = _shift((block, d_block), axis_name, num_devices)
+        return (block, d_block, d_frames + d_f), None
 
-        # The accumulator starts with the owner's own-block gradient and travels with its block.
-        (_, d_block, d_frames), _ = jax.lax.scan(
-            hop, ((emb, scale, shift), d_block, d_frames), (masks[1:], weights[1:])
-        )
-        d_block = _shift(d_block, axis_name, num_devices)  # one more hop: back to the owner
+    block = (emb, scale, shift)
+    zeros = jax.tree.map(jnp.zeros_like, (block, frames))
+    steps = (jnp.arange(num_devices), masks, weights)
+    (_, d_block, d_frames), _ = jax.lax.scan(hop, (block, *zeros), steps)
     return (d_frames, *d_block, None, None, None, None)
 
 
