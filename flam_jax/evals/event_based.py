@@ -22,8 +22,8 @@ from flam_jax.evals.sed import Event, merged_event_lists
 
 def _f_measure(ntp, nsys, nref) -> tuple[float, float, float]:
     """sed_eval's precision/recall/F: NaN when a denominator is zero, F = 0 when both are 0."""
-    precision = float("nan") if nsys == 0 else ntp / nsys
-    recall = float("nan") if nref == 0 else ntp / nref
+    precision = float("nan") if nsys == 0 else float(ntp / nsys)
+    recall = float("nan") if nref == 0 else float(ntp / nref)
     if precision == 0 and recall == 0:
         return 0.0, precision, recall
     return 2 * precision * recall / (precision + recall), precision, recall

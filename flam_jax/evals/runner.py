@@ -167,7 +167,7 @@ def sed_metrics(
         "frame_auroc_macro": auc["macro"],
         "clips": len(scores),
         "classes": len(class_names),
-        "classes_with_events": int(sum(1 for _ in {e[2] for clip in events for e in clip})),
+        "classes_with_events": len({e[2] for clip in events for e in clip}),
         "events": int(sum(len(clip) for clip in events)),
     }
     curves = {"roc": sed.roc_curve(scores, labels), "frame_f1": sed.frame_f1_curve(scores, labels, F1_GRID)}
