@@ -161,12 +161,29 @@ def test_event_and_segment_f1_equal_sed_eval(case, threshold):
             )
 
 
-def test_collar_tie_counts_as_hit():
-    # 2.2 − 2.0 is 0.20000000000000018 in floats; rounded it is the 200 ms collar exactly.
-    ref = [[(2.2, 4.0, "a")]]
-    est = [[(2.0, 4.0, "a")]]
-    assert event_f1(est, ref, ["a"])["micro"] == 1.0
-    assert event_f1([[(1.99, 4.0, "a")]], ref, ["a"])["micro"] == 0.0
+def _sed_eval_event_f1(est, ref):
+    import sed_eval
+
+    metric = sed_eval.sound_event.EventBasedMetrics(["a"], t_collar=0.2, percentage_of_length=0.2)
+    for e, r in zip(_sed_eval_lists(est), _sed_eval_lists(ref), strict=True):
+        metric.evaluate(r, e)
+    return metric.results_overall_metrics()["f_measure"]["f_measure"]
+
+
+def test_collar_ties():
+    # Onset gap of exactly 200 ms: 1.0 − 0.8 is 0.19999999999999996 in floats, so sed_eval
+    # also counts it; 2.2 − 2.0 is 0.20000000000000018, which sed_eval misses and we count
+    # (gaps are compared after rounding to 6 decimals). Same for the offset tolerance.
+    cases = [
+        ([(0.8, 4.0, "a")], [(1.0, 4.0, "a")], 1.0, 1.0),
+        ([(2.0, 4.0, "a")], [(2.2, 4.0, "a")], 1.0, 0.0),
+        ([(1.0, 3.8, "a")], [(1.0, 4.0, "a")], 1.0, 1.0),  # offset: max(0.2, 0.2·3.0) = 0.6
+        ([(1.0, 6.4, "a")], [(1.0, 5.0, "a")], 0.0, 0.0),  # offset off by 1.4 > 0.8
+    ]
+    for est, ref, ours, toolkit in cases:
+        assert event_f1([est], [ref], ["a"])["micro"] == ours
+        assert _sed_eval_event_f1([est], [ref]) == toolkit
+    assert event_f1([[(1.99, 4.0, "a")]], [[(2.2, 4.0, "a")]], ["a"])["micro"] == 0.0
 
 
 def test_psds_equals_psds_eval_with_every_threshold():
