@@ -149,16 +149,19 @@ def _ring_sum_bwd(axis_name, num_devices, residuals, g):
         targets, weight = _hop_inputs(signs, clip_mask, masks, weights, step)
         _, pull = jax.vjp(lambda f, e, a, b: _weighted_loss_sum(f, e, a, b, targets, weight), frames, *block)
         d_f, *d_b = pull(g)
-        d_block = tuple(x + y for x, y in zip(d_block, d_b, strict=True))
+        d_block = tuple(x + y.astype(jnp.float32) for x, y in zip(d_block, d_b, strict=True))
         # The accumulator travels with its block; after D hops both are back home.
         block, d_block = _shift((block, d_block), axis_name, num_devices)
-        return (block, d_block, d_frames + d_f), None
+        return (block, d_block, d_frames + d_f.astype(jnp.float32)), None
 
     block = (emb, scale, shift)
-    zeros = jax.tree.map(jnp.zeros_like, (block, frames))
+    # float32 accumulators (bf16 embeddings would lose the small per-hop terms); zeros_like
+    # keeps the device-varying type the loop carry needs.
+    zeros = jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), (block, frames))
     steps = (jnp.arange(num_devices), masks, weights)
     (_, d_block, d_frames), _ = jax.lax.scan(hop, (block, *zeros), steps)
-    return (d_frames, *d_block, None, None, None, None)
+    d_emb, d_scale, d_shift = d_block
+    return (d_frames.astype(frames.dtype), d_emb.astype(emb.dtype), d_scale, d_shift, None, None, None, None)
 
 
 _ring_sum.defvjp(_ring_sum_fwd, _ring_sum_bwd)
