@@ -172,9 +172,11 @@ def validate_waveform(wave) -> None:
         )
     if samples < MIN_SAMPLES:
         raise InputError(f"waveform has {samples} samples, shorter than the minimum {MIN_SAMPLES}")
-    if isinstance(wave, jax.core.Tracer):
-        return
-    if not bool(np.isfinite(np.asarray(wave)).all()):
+    try:
+        values = np.asarray(wave)
+    except jax.errors.TracerArrayConversionError:
+        return  # traced under jit: values unknown until run time
+    if not bool(np.isfinite(values).all()):
         raise InputError("waveform contains NaN or infinite samples")
 
 

@@ -113,7 +113,8 @@ class WindowAttention(nnx.Module):
         """windows: (B, nW, N, C); mask: (nW, N, N) additive or None."""
         qkv = self.qkv(windows)  # (B, nW, N, 3, H, d)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q * self.scale, k).astype(jnp.float32)
+        # Logits, bias, mask and softmax in float32 even when activations are bf16.
+        logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q * self.scale, k, preferred_element_type=jnp.float32)
         index = relative_position_index(self.window)
         bias = self.relative_position_bias_table[...][index]  # (N, N, H)
         logits = logits + jnp.transpose(bias, (2, 0, 1))
