@@ -66,12 +66,23 @@ def toolkit(scores, events, names):
     durations = {k: 10.0 for k in frames}
     t1 = time.perf_counter()
     value = intersection_based.psds(
-        frames, gt, durations, dtc_threshold=0.7, gtc_threshold=0.7, alpha_ct=0.0, alpha_st=1.0, max_efpr=100.0
+        frames,
+        gt,
+        durations,
+        dtc_threshold=0.7,
+        gtc_threshold=0.7,
+        alpha_ct=0.0,
+        alpha_st=1.0,
+        max_efpr=100.0,
     )[0]
     t2 = time.perf_counter()
     auroc = segment_based.auroc(frames, gt, durations, segment_length=0.3125)[0]["mean"]
     t3 = time.perf_counter()
     return value, auroc, (t2 - t1) + (t1 - t0) / 2, (t3 - t2) + (t1 - t0) / 2
+
+
+def _row(name, psds, auroc, t_psds, t_auroc) -> str:
+    return f"{name:16}{psds:12.8f}{auroc:14.8f}{t_psds:10.2f}{t_auroc:10.2f}{t_psds + t_auroc:10.2f}"
 
 
 def main():
@@ -82,15 +93,16 @@ def main():
     args = parser.parse_args()
     scores, labels, events, names = make_case(args.clips, args.classes)
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
-    print(f"machine: {cpu.split(':', 1)[-1].strip() or platform.processor()}, python {platform.python_version()}")
+    machine = cpu.split(":", 1)[-1].strip() or platform.processor()
+    print(f"machine: {machine}, python {platform.python_version()}")
     print(f"case: {args.clips} clips × {args.classes} classes × 32 frames, {sum(map(len, events))} events")
     o_psds, o_auc, o_t_psds, o_t_auc = ours(scores, labels, events, names)
-    print(f"{'':14}{'PSDS1':>12}{'frame AUROC':>14}{'PSDS1 s':>10}{'AUROC s':>10}{'total s':>10}")
-    print(f"{'flam_jax':14}{o_psds:12.8f}{o_auc:14.8f}{o_t_psds:10.2f}{o_t_auc:10.2f}{o_t_psds + o_t_auc:10.2f}")
+    print(f"{'':16}{'PSDS1':>12}{'frame AUROC':>14}{'PSDS1 s':>10}{'AUROC s':>10}{'total s':>10}")
+    print(_row("flam_jax", o_psds, o_auc, o_t_psds, o_t_auc))
     if args.skip_toolkit:
         return
     r_psds, r_auc, r_t_psds, r_t_auc = toolkit(scores, events, names)
-    print(f"{'sed_scores_eval':14}{r_psds:12.8f}{r_auc:14.8f}{r_t_psds:10.2f}{r_t_auc:10.2f}{r_t_psds + r_t_auc:10.2f}")
+    print(_row("sed_scores_eval", r_psds, r_auc, r_t_psds, r_t_auc))
     print(f"|Δ PSDS1| = {abs(o_psds - r_psds):.2e}, |Δ AUROC| = {abs(o_auc - r_auc):.2e}")
     print(f"speed-up (total): {(r_t_psds + r_t_auc) / (o_t_psds + o_t_auc):.1f}×")
 
