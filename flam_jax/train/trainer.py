@@ -251,10 +251,12 @@ def train_and_evaluate(
     data_factory: DataFactory | None = None,
     objective_factory: ObjectiveFactory | None = None,
     eval_fn: EvalFn | None = None,
+    devices=None,
 ) -> dict:
     """Train until ``train.steps`` (resuming from ``workdir`` if it holds checkpoints).
 
-    Returns ``{"status": "done" | "preempted", "step": int, "metrics": {...}}``.
+    ``devices`` defaults to all devices. Returns ``{"status": "done" | "preempted",
+    "step": int, "metrics": {...}}``.
     """
     trainer = Trainer(
         config,
@@ -262,6 +264,7 @@ def train_and_evaluate(
         model_factory=model_factory,
         data_factory=data_factory,
         objective_factory=objective_factory,
+        devices=devices,
     )
     tc = config.train
     if eval_fn is None and tc.eval_every > 0:
