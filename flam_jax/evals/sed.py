@@ -330,6 +330,67 @@ def _pair_deltas(
     return to_frames(fps), to_frames(tps), to_frames(cts)
 
 
+def _dense_ranks(scores: np.ndarray) -> np.ndarray:
+    """Per-row dense ranks (ties share a rank) as small integers; same order as ``scores``."""
+    order = np.argsort(scores, axis=1)
+    ordered = np.take_along_axis(scores, order, 1)
+    steps = np.concatenate([np.zeros((len(scores), 1), bool), ordered[:, 1:] != ordered[:, :-1]], 1)
+    dtype = np.int8 if scores.shape[1] < 127 else np.int32
+    ranks = np.empty(scores.shape, dtype=dtype)
+    np.put_along_axis(ranks, order, np.cumsum(steps, axis=1).astype(dtype), 1)
+    return ranks
+
+
+def _cross_trigger_deltas(scores: np.ndarray, others, edges: np.ndarray, cttc: float) -> np.ndarray:
+    """Per-frame deltas of the weighted cross-trigger count for pairs whose class has no
+    event in the clip (so no detection is relevant), scores [P, F].
+
+    Instead of enumerating the runs at every threshold, it visits each distinct run once:
+    frames [a, b) form a run exactly for thresholds τ with max(s[a−1], s[b]) < τ ≤
+    min(s[a:b]), so a run's weight enters at its minimum and leaves at its larger border.
+    """
+    num_pairs, frames = scores.shape
+    scores = _dense_ranks(scores)  # only the order matters: small integers are faster
+    start = np.arange(frames)[:, None]
+    stop = start + np.arange(1, frames + 1)[None, :]  # interval [start, stop), [F, F]
+    inside = stop <= frames
+    top, bottom = np.iinfo(scores.dtype).max, np.iinfo(scores.dtype).min
+    window = np.where(inside[None], scores[:, np.minimum(stop - 1, frames - 1)], top)
+    run_min = np.minimum.accumulate(window, axis=2)
+    padded = np.pad(scores, ((0, 0), (1, 1)), constant_values=bottom)
+    left = padded[:, start[:, 0]]  # s[a − 1]
+    right = padded[:, np.minimum(stop, frames) + 1]  # s[b]
+    border = np.maximum(left[:, :, None], right)
+    pair, a, j = np.nonzero(inside[None] & (run_min > border))
+    b = a + j + 1
+    t_on, t_off = edges[a], edges[b]
+    crit = np.round(cttc * (t_off - t_on), TIME_DECIMALS)
+    o_on, o_off, _valid, o_weight = others
+    weight = np.zeros(len(pair))
+    for o in range(o_on.shape[1]):
+        inter = np.maximum(
+            np.minimum(t_off[:, None], o_off[pair, o]) - np.maximum(t_on[:, None], o_on[pair, o]), 0.0
+        )
+        weight += (np.round(inter.sum(1), TIME_DECIMALS) >= crit) * o_weight[pair, o]
+    keep = weight != 0
+    pair, a, b, weight, border = (
+        pair[keep],
+        a[keep],
+        b[keep],
+        weight[keep],
+        border[pair[keep], a[keep], j[keep]],
+    )
+    cols = np.arange(frames)[None, :]
+    masked = np.where((cols >= a[:, None]) & (cols < b[:, None]), scores[pair], top)
+    out = np.zeros((num_pairs, frames))
+    np.add.at(out, (pair, np.argmin(masked, axis=1)), weight)
+    dies = border > bottom  # a run over the whole clip never merges into a larger one
+    left_wins = padded[pair, a] >= padded[pair, b + 1]
+    death = np.where(left_wins, a - 1, b)
+    np.add.at(out, (pair[dies], death[dies]), -weight[dies])
+    return out
+
+
 @dataclass(frozen=True)
 class OperatingPoints:
     """Per-class statistics at every distinct detection threshold (score ≥ threshold).
@@ -404,8 +465,8 @@ def intersection_operating_points(
         d_fps = _onset_deltas(block).astype(np.float64)
         d_tps = np.zeros_like(d_fps)
         d_cts = np.zeros_like(d_fps) if cttc is not None else None
-        need = present[:, cls_ids].T | (clip_has_gt[None, :] if cttc is not None else False)
-        pair_j, pair_clip = np.nonzero(need)
+        # Pairs with events of their class need the full threshold × frame analysis.
+        pair_j, pair_clip = np.nonzero(present[:, cls_ids].T)
         for p0 in range(0, len(pair_clip), pair_chunk):
             pc, pj = pair_clip[p0 : p0 + pair_chunk], pair_j[p0 : p0 + pair_chunk]
             target = gt.padded(pc, cls_ids[pj])
@@ -416,6 +477,14 @@ def intersection_operating_points(
             d_fps[pj, pc], d_tps[pj, pc] = f, t
             if cttc is not None:
                 d_cts[pj, pc] = c
+        if cttc is not None:
+            # Pairs without events of their class in a clip with other events: every
+            # detection is a false positive (the onset deltas) and may cross-trigger.
+            pair_j, pair_clip = np.nonzero(~present[:, cls_ids].T & clip_has_gt[None, :])
+            for p0 in range(0, len(pair_clip), pair_chunk):
+                pc, pj = pair_clip[p0 : p0 + pair_chunk], pair_j[p0 : p0 + pair_chunk]
+                others = _other_class_events(gt, present, pc, cls_ids[pj], ct_weight)
+                d_cts[pj, pc] = _cross_trigger_deltas(block[pj, pc], others, edges, cttc)
         # Statistics at τ = sum of the deltas of all frames with score ≥ τ: sort each
         # class's scores once, take reverse cumulative sums, read them at tie-group starts.
         rows = block.reshape(len(cls_ids), -1)
@@ -439,23 +508,22 @@ def intersection_operating_points(
 
 
 def _other_class_events(gt: EventTable, present, pair_clip, pair_cls, ct_weight):
-    """Events of each pair's clip grouped by the other classes active in it (padded)."""
+    """Events of each pair's clip grouped by the other classes active in it (padded).
+
+    A clip's slot holding the pair's own class is kept but masked out (weight 0).
+    """
     num_pairs = len(pair_clip)
-    lists = [np.flatnonzero(present[n]) for n in pair_clip]
-    lists = [o[o != c] for o, c in zip(lists, pair_cls, strict=True)]
-    width = max([len(o) for o in lists] + [1])
-    other_cls = np.zeros((num_pairs, width), dtype=np.int64)
-    has = np.zeros((num_pairs, width), dtype=bool)
-    for i, o in enumerate(lists):
-        other_cls[i, : len(o)] = o
-        has[i, : len(o)] = True
-    rep_clip = np.repeat(pair_clip, width)
-    on, off, valid = gt.padded(rep_clip, other_cls.reshape(-1))
+    rows = present[pair_clip]  # [P, classes]
+    width = max(int(rows.sum(1).max(initial=0)), 1)
+    # Active classes of each row first (stable), then the first ``width`` columns.
+    order = np.argsort(~rows, axis=1, kind="stable")[:, :width]
+    has = np.take_along_axis(rows, order, 1) & (order != pair_cls[:, None])
+    on, off, valid = gt.padded(np.repeat(pair_clip, width), order.reshape(-1))
     on = on.reshape(num_pairs, width, -1)
     off = off.reshape(num_pairs, width, -1)
     valid = valid.reshape(num_pairs, width, -1) & has[:, :, None]
     on, off = np.where(valid, on, 0.0), np.where(valid, off, 0.0)
-    weight = np.where(has, ct_weight[other_cls], 0.0)
+    weight = np.where(has, ct_weight[order], 0.0)
     return on, off, valid, weight
 
 
