@@ -240,3 +240,30 @@ def test_psds_is_perfect_for_perfect_scores_and_rejects_bad_input():
         sed.psds(scores, [[(1.0, 2.0, "unknown")]] * len(scores), names)
     with pytest.raises(InputError):
         sed.psds(scores, [[]] * len(scores), names)
+
+
+@pytest.mark.parametrize("levels", [None, 5, 2])
+def test_cross_trigger_shortcut_equals_full_run_analysis(levels):
+    """PSDS2's per-distinct-run cross-trigger deltas give the same statistics at every
+    threshold as enumerating the runs of every threshold (ties included)."""
+    from flam_jax.evals.postprocess import frame_boundaries
+
+    rng = np.random.default_rng(3)
+    pairs, others, events = 120, 3, 2
+    scores = rng.random((pairs, 32))
+    if levels:
+        scores = np.round(scores * levels) / levels
+    on = np.round(rng.uniform(0, 9, (pairs, others, events)), 3)
+    off = np.round(np.minimum(on + rng.uniform(0.1, 4, on.shape), 10), 3)
+    valid = rng.random(on.shape) < 0.7
+    other = (np.where(valid, on, 0), np.where(valid, off, 0), valid, rng.random((pairs, others)))
+    no_target = (np.zeros((pairs, 1)), np.zeros((pairs, 1)), np.zeros((pairs, 1), bool))
+    edges = frame_boundaries(32)
+    _, _, full = sed._pair_deltas(scores, no_target, other, edges, 0.1, 0.1, 0.3)
+    short = sed._cross_trigger_deltas(scores, other, edges, 0.3)
+    assert np.abs(full).sum() > 0
+    # Statistics at τ = sum of the deltas of frames with score ≥ τ: compare at every τ.
+    at_least = scores[:, None, :] >= scores[:, :, None]  # [pair, τ = each frame's score, frame]
+    np.testing.assert_allclose(
+        (at_least * full[:, None]).sum(-1), (at_least * short[:, None]).sum(-1), atol=1e-9
+    )
