@@ -58,13 +58,28 @@ def frame_auroc_hook(score_fn: ScoreFn, mixtures: Sequence[sim.Mixture], *, batc
 
 
 def model_score_fn(model, tokenizer) -> ScoreFn:
-    """A score function for a ``models.flam.FlamModel`` (eager calls; the set is small)."""
+    """A score function for a ``models.flam.FlamModel``: texts are embedded once per set of
+    queries, and an ``nnx.Module`` runs under ``nnx.jit``."""
+    from flax import nnx
 
-    def score(audio, texts):
-        ids, mask = tokenizer.encode(list(texts))
-        emb, alpha, beta = model.embed_text(ids, mask)
+    def embed_text(model, ids, mask):
+        return model.embed_text(ids, mask)
+
+    def scores(model, audio, emb, alpha, beta):
         frames, _ = model.embed_audio(audio)
         return model.frame_scores(frames, emb, alpha, beta)
+
+    if isinstance(model, nnx.Module):
+        embed_text, scores = nnx.jit(embed_text), nnx.jit(scores)
+    cache: dict[tuple[str, ...], tuple] = {}
+
+    def score(audio, texts):
+        key = tuple(texts)
+        if key not in cache:
+            cache.clear()
+            ids, mask = tokenizer.encode(list(texts))
+            cache[key] = embed_text(model, ids, mask)
+        return np.asarray(scores(model, audio, *cache[key]))
 
     return score
 
