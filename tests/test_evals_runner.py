@@ -308,3 +308,21 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
         "us8k",
         "simulated",
     }
+
+
+def test_cli_writes_report(tmp_path, monkeypatch, capsys):
+    """``flam-evaluate`` end to end, with FLAM.load answering an EnergyFLAM."""
+    import sys
+
+    loaded = []
+    stub = types.ModuleType("flam_jax.infer.api")
+    stub.FLAM = types.SimpleNamespace(load=lambda path: loaded.append(path) or EnergyFLAM())
+    monkeypatch.setitem(sys.modules, "flam_jax.infer.api", stub)
+    folder = _classification_fixture(str(tmp_path), "esc50")
+    out = tmp_path / "report"
+    argv = ["--model", "EXPORT", "--benchmark", "esc50", "--data-dir", folder, "--out", str(out)]
+    assert runner.main([*argv, "--cache-dir", str(tmp_path / "tfds"), "--batch-size", "4"]) == 0
+    assert loaded == ["EXPORT"]
+    printed = capsys.readouterr().out
+    assert "| accuracy |" in printed and f"report written to {out}" in printed
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["clips"] == 6
