@@ -267,3 +267,19 @@ def test_cross_trigger_shortcut_equals_full_run_analysis(levels):
     np.testing.assert_allclose(
         (at_least * full[:, None]).sum(-1), (at_least * short[:, None]).sum(-1), atol=1e-9
     )
+
+
+def test_roc_curve_equals_sklearn_and_binned_is_close(case):
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    labels = events_to_frame_labels(case["events"], case["names"], case["scores"].shape[2])
+    fpr, tpr, thr = sed.roc_curve(case["scores"], labels)
+    sk_fpr, sk_tpr, sk_thr = sk_roc_curve(
+        labels.reshape(-1), case["scores"].reshape(-1), drop_intermediate=False
+    )
+    np.testing.assert_allclose(fpr, sk_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr, sk_tpr, atol=1e-12)
+    np.testing.assert_allclose(thr[1:], sk_thr[1:])
+    b_fpr, b_tpr, _ = sed.roc_curve(case["scores"], labels, bins=2000)
+    assert (b_fpr[0], b_tpr[0], b_fpr[-1], b_tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert abs(np.trapezoid(b_tpr, b_fpr) - np.trapezoid(tpr, fpr)) < 1e-3

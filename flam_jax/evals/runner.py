@@ -170,7 +170,10 @@ def sed_metrics(
         "classes_with_events": len({e[2] for clip in events for e in clip}),
         "events": int(sum(len(clip) for clip in events)),
     }
-    curves = {"roc": sed.roc_curve(scores, labels), "frame_f1": sed.frame_f1_curve(scores, labels, F1_GRID)}
+    curves = {
+        "roc": sed.roc_curve(scores, labels, bins=2000),
+        "frame_f1": sed.frame_f1_curve(scores, labels, F1_GRID),
+    }
     if has_events:
         p1 = sed.psds(filtered, events, class_names, sed.PSDS1)
         metrics["psds1"] = p1["psds"]

@@ -190,17 +190,27 @@ def frame_auroc(scores: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pooled frame ROC (fpr, tpr, thresholds), thresholds descending, for plots."""
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+def roc_curve(
+    scores: np.ndarray, labels: np.ndarray, bins: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled frame ROC (fpr, tpr, thresholds), thresholds descending, for plots.
+
+    Exact (every distinct score) by default; with ``bins`` the thresholds are ``bins``
+    equal steps over the score range, linear in time and memory for large sets.
+    """
+    s = np.asarray(scores).reshape(-1)
     y = np.asarray(labels).astype(bool).reshape(-1)
-    order = np.argsort(-s, kind="stable")
+    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    if bins is not None:
+        edges = np.linspace(float(s.min()), float(s.max()), bins + 1)
+        pos = np.histogram(s[y], edges)[0][::-1].cumsum()
+        neg = np.histogram(s[~y], edges)[0][::-1].cumsum()
+        return np.r_[0.0, neg / n_neg], np.r_[0.0, pos / n_pos], np.r_[np.inf, edges[:-1][::-1]]
+    order = np.argsort(-s.astype(np.float64), kind="stable")
     s, y = s[order], y[order]
     last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
-    tps = np.cumsum(y)[last]
-    fps = np.cumsum(~y)[last]
-    tpr = np.r_[0.0, tps / max(int(y.sum()), 1)]
-    fpr = np.r_[0.0, fps / max(int((~y).sum()), 1)]
+    tpr = np.r_[0.0, np.cumsum(y)[last] / n_pos]
+    fpr = np.r_[0.0, np.cumsum(~y)[last] / n_neg]
     return fpr, tpr, np.r_[np.inf, s[last]]
 
 
