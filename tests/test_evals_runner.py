@@ -38,6 +38,7 @@ class EnergyFLAM:
         return types.SimpleNamespace(frames=frames, global_=_unit(frames.mean(1) + 1e-9))
 
     def embed_text(self, texts):
+        self.seen_texts = [*getattr(self, "seen_texts", []), *texts]
         rng = [np.random.default_rng(abs(hash(t)) % 2**32) for t in texts]
         emb = _unit(
             np.array(
@@ -89,9 +90,13 @@ def _strong_fixture(root, audioset_columns=False):
     lines = [head]
     for k, (name, (seconds, spans)) in enumerate(clips.items()):
         _write(folder, f"audio/test/{name}", _tone(seconds, spans, k))
-        lines += [f"{name}\t{a}\t{b}\tSpeech" for a, b in spans] or [f"{name}\t\t\t"]
+        label = "/m/09x0r" if audioset_columns else "Speech"  # AudioSet labels are MIDs
+        lines += [f"{name}\t{a}\t{b}\t{label}" for a, b in spans] or [f"{name}\t\t\t"]
     with open(os.path.join(folder, "test.tsv"), "w") as f:
         f.write("\n".join(lines) + "\n")
+    if audioset_columns:
+        with open(os.path.join(folder, "mid_to_display_name.tsv"), "w") as f:
+            f.write("/m/09x0r\tSpeech\n/m/0dgw9r\tHuman sounds\n")
     return folder
 
 
@@ -99,9 +104,11 @@ def _strong_fixture(root, audioset_columns=False):
 def test_sed_benchmark_end_to_end(tmp_path, benchmark, audioset_columns):
     folder = _strong_fixture(str(tmp_path), audioset_columns)
     out = tmp_path / "out"
+    model = EnergyFLAM()
     result = runner.evaluate(
-        EnergyFLAM(), benchmark, folder, out_dir=str(out), batch_size=2, cache_dir=str(tmp_path / "tfds")
+        model, benchmark, folder, out_dir=str(out), batch_size=2, cache_dir=str(tmp_path / "tfds")
     )
+    assert model.seen_texts == ["speech"]  # MIDs are named through mid_to_display_name.tsv
     m = result["metrics"]
     assert result["split"] == "test" and m["clips"] == 1 + 1 + 3  # the 25 s clip is 3 windows
     assert m["events"] == 4 and m["classes"] == 1
@@ -326,3 +333,15 @@ def test_cli_writes_report(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "| accuracy |" in printed and f"report written to {out}" in printed
     assert json.loads((out / "metrics.json").read_text())["metrics"]["clips"] == 6
+
+
+def test_label_names_files(tmp_path):
+    from flam_jax.evals.benchmarks import label_names
+
+    assert label_names(str(tmp_path)) == {}
+    (tmp_path / "class_labels_indices.csv").write_text(
+        'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n'
+    )
+    assert label_names(str(tmp_path)) == {"/m/09x0r": "Speech", "/m/05zppz": "Male speech, man speaking"}
+    with pytest.raises(DataError):
+        label_names(str(tmp_path), str(tmp_path / "missing.tsv"))

@@ -27,7 +27,7 @@ import numpy as np
 from flam_jax.cli import report_errors
 from flam_jax.errors import InputError
 from flam_jax.evals import sed
-from flam_jax.evals.benchmarks import Benchmark, Item, get_benchmark, open_source, read_items
+from flam_jax.evals.benchmarks import Benchmark, Item, get_benchmark, label_names, open_source, read_items
 from flam_jax.evals.event_based import event_f1, segment_f1
 from flam_jax.evals.postprocess import events_to_frame_labels, median_filter, scores_to_events
 from flam_jax.evals.retrieval import retrieval_metrics
@@ -205,13 +205,14 @@ def sed_metrics(
     return metrics, curves
 
 
-def run_sed(model, items, bench: Benchmark, batch_size: int, progress: bool):
+def run_sed(model, items, bench: Benchmark, batch_size: int, progress: bool, names: dict[str, str]):
     from flam_jax.data.builders.common import humanise_label
 
     class_names = sorted({e[2] for item in items for e in item.events})
     if not class_names:
         raise InputError(f"{bench.name}: no events in this split, nothing to detect")
-    scores, index = score_items(model, items, [humanise_label(c) for c in class_names], batch_size, progress)
+    queries = [humanise_label(names.get(c, c)) for c in class_names]
+    scores, index = score_items(model, items, queries, batch_size, progress)
     events = [window_events(items[i].events, k) for i, k in index]
     metrics, curves = sed_metrics(scores, events, class_names, bench.auroc)
     examples = _examples(scores, events, class_names, [f"{items[i].id}@{10 * k}s" for i, k in index])
@@ -307,6 +308,7 @@ def evaluate(
     mixtures: int = 200,
     seed: int = 0,
     cache_dir: str | None = None,
+    label_file: str | None = None,
     progress: bool = False,
 ) -> dict:
     """Run ``benchmark`` with ``model``; returns the metrics and writes the report to ``out_dir``."""
@@ -319,7 +321,8 @@ def evaluate(
     if bench.task == "sed-open":
         metrics, curves, examples = run_simulated(model, source, bench, batch_size, progress, mixtures, seed)
     elif bench.task == "sed":
-        metrics, curves, examples = run_sed(model, read_items(source), bench, batch_size, progress)
+        names = label_names(data_dir, label_file)
+        metrics, curves, examples = run_sed(model, read_items(source), bench, batch_size, progress, names)
     elif bench.task == "retrieval":
         metrics, curves, examples = run_retrieval(model, read_items(source), bench, batch_size, progress)
     else:
@@ -351,6 +354,9 @@ def _parse(argv):
     parser.add_argument("--mixtures", type=int, default=200, help="simulated: number of mixtures")
     parser.add_argument("--seed", type=int, default=0, help="simulated: mixture seed")
     parser.add_argument(
+        "--label-names", default=None, help="label to display-name file (default: AudioSet's, if in DATA_DIR)"
+    )
+    parser.add_argument(
         "--cache-dir", default=None, help="where a raw folder is built (default: DATA_DIR/.flam_tfds)"
     )
     return parser.parse_args(argv)
@@ -381,6 +387,7 @@ def main(argv=None) -> int:
         mixtures=args.mixtures,
         seed=args.seed,
         cache_dir=args.cache_dir,
+        label_file=args.label_names,
         progress=True,
     )
     from flam_jax.evals.report import markdown_table
