@@ -1,5 +1,182 @@
-"""`flam-export` (placeholder until the inference and export issue lands)."""
+"""``flam-export``: a training workdir → an export directory (parameters only).
 
-from flam_jax.cli import not_built
+    flam-export --workdir DIR --out EXPORT_DIR [--step N] [--dtype float32|bfloat16] [--stablehlo]
 
-run = not_built("flam-export", "inference and export issue")
+Reads ``DIR/config.json`` (the resolved training config) and the latest complete Orbax
+step under ``DIR/checkpoints`` (or ``--step``). Only ``params`` and ``extra`` (BatchNorm
+statistics) are restored — never the optimiser state — as host numpy arrays, so any
+device count works. Writes the format of ``export.export_dir`` (what the openflam
+converter writes too): config.json, params.safetensors (float32, or bfloat16 with
+``--dtype``; loading casts back to float32), the tokenizer files, and with
+``--stablehlo`` the ``jax.export`` artefacts of ``export.stablehlo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from flam_jax.cli import report_errors
+from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
+
+DTYPES = ("float32", "bfloat16")
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Complete steps under ``workdir/checkpoints`` (Orbax renames a step's temporary dir when done)."""
+    root = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    steps = []
+    for name in os.listdir(root):
+        if name.isdigit() and os.path.isdir(os.path.join(root, name, "state")):
+            steps.append(int(name))
+    return sorted(steps)
+
+
+def read_training_config(workdir: str) -> dict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"training workdir not found: {workdir}")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{workdir} is not a training workdir (no config.json)") from err
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path} has no model section")
+    return config
+
+
+def restore_weights(state_dir: str) -> dict[str, np.ndarray]:
+    """{dotted name: numpy array} of the params and extra collections of a saved TrainState."""
+    import orbax.checkpoint as ocp
+
+    try:
+        checkpointer = ocp.PyTreeCheckpointer()
+        meta = checkpointer.metadata(state_dir)
+        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        wanted = {key: dict(tree[key]) for key in ("params", "extra") if key in tree}
+        if "params" not in wanted:
+            raise CheckpointError(f"checkpoint {state_dir} has no params")
+        restore_args = jax_tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+        restored = checkpointer.restore(
+            state_dir,
+            args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
+        )
+    except CheckpointError:
+        raise
+    except Exception as err:  # Orbax/tensorstore raise many types for a damaged step
+        raise CheckpointError(
+            f"checkpoint {state_dir} cannot be read: {type(err).__name__}: {str(err)[:300]}"
+        ) from err
+    weights = {}
+    for collection in restored.values():
+        for key, value in collection.items():
+            weights[key.replace("/", ".")] = np.asarray(value)
+    return weights
+
+
+def jax_tree_map(fn, tree):
+    import jax
+
+    return jax.tree_util.tree_map(fn, tree, is_leaf=lambda x: not isinstance(x, dict))
+
+
+def export_workdir(
+    workdir: str, out_dir: str, *, step: int | None = None, dtype: str = "float32", stablehlo: bool = False
+) -> dict:
+    """Write an export directory from a training workdir; returns a summary dict."""
+    from flax import nnx
+
+    from flam_jax.data.tokenizers import load_tokenizer
+    from flam_jax.export.export_dir import _full_model_config, save_export
+    from flam_jax.export.weights import set_weights, weight_shapes
+    from flam_jax.models.flam import build_model
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    config = read_training_config(workdir)
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise CheckpointError(f"{workdir} has no complete checkpoint under checkpoints/")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step} (have {steps})")
+    try:
+        model_cfg = _full_model_config(config["model"], os.path.join(workdir, "config.json"))
+    except ModelLoadError as err:
+        raise CheckpointError(str(err)) from err
+    stored = restore_weights(os.path.join(workdir, "checkpoints", str(step), "state"))
+    model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
+    names = weight_shapes(model)
+    weights = {k: v for k, v in stored.items() if k in names}  # drop non-weight extras, if any
+    set_weights(model, weights, what=f"checkpoint step {step}")  # strict names and shapes
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        weights = {k: v.astype(ml_dtypes.bfloat16) for k, v in weights.items()}
+    else:
+        weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    tokenizer = None
+    tokenizer_dir = model_cfg.get("tokenizer") or model_cfg.get("text_weights")
+    if tokenizer_dir:
+        try:
+            tokenizer = load_tokenizer(tokenizer_dir, model_cfg.context_length)
+        except FlamError as err:
+            raise CheckpointError(f"tokenizer of {workdir} ({tokenizer_dir}): {err}") from err
+    # The export is self-contained: paths into the training machine's file system go.
+    model_cfg.text_weights = ""
+    model_cfg.tokenizer = ""
+    save_export(
+        out_dir, weights, model_cfg, tokenizer, source=f"flam-export {os.path.abspath(workdir)} step {step}"
+    )
+    files = []
+    if stablehlo:
+        from flam_jax.export.stablehlo import export_stablehlo
+
+        files = export_stablehlo(out_dir)
+    return {
+        "step": step,
+        "weights": len(weights),
+        "dtype": dtype,
+        "tokenizer": tokenizer is not None,
+        "stablehlo": files,
+    }
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="flam-export", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
+    parser.add_argument("--out", required=True, help="export directory to write")
+    parser.add_argument(
+        "--step", type=int, default=None, help="checkpoint step (default: the latest complete one)"
+    )
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the stored parameters")
+    parser.add_argument("--stablehlo", action="store_true", help="also write jax.export StableHLO artefacts")
+    return parser.parse_args(argv)
+
+
+@report_errors
+def main(argv=None) -> int:
+    args = _parse(argv)
+    summary = export_workdir(
+        args.workdir, args.out, step=args.step, dtype=args.dtype, stablehlo=args.stablehlo
+    )
+    extra = f", StableHLO: {len(summary['stablehlo']) - 1} functions" if summary["stablehlo"] else ""
+    print(
+        f"exported step {summary['step']} ({summary['weights']} tensors, {summary['dtype']}"
+        f"{'' if summary['tokenizer'] else ', no tokenizer'}{extra}) to {args.out}"
+    )
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

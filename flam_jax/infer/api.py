@@ -1,16 +1,24 @@
 """``FLAM``: the Python inference API over an export directory (DESIGN.md, FLAM_SPEC §7).
 
     m = FLAM.load(EXPORT_DIR)
-    a = m.embed_audio(wave)            # .frames [B,F,512], .global_ [B,512]
+    a = m.embed_audio(wave_or_path)      # one clip <= 10 s as the model sees it: .frames, .global_
     t = m.embed_text(["a dog barking"])  # .emb [N,512], .alpha [N], .beta [N]
-    s = m.frame_scores(a, t)           # [B,N,F] in [0,1]
+    s = m.frame_scores(a, t)             # [B,N,F] in [0,1]
+    tl = m.score(path, ["a dog barking"])   # any length: .scores [N, T] at 3.2 Hz
+    d = m.detect(path, ["a dog barking"])   # tl + events (onset, offset, peak score)
 
-Results are numpy arrays. The model functions are jitted once per input shape.
+Results are numpy arrays. Audio is resampled to 48 kHz and mixed to mono. ``embed_audio``
+embeds exactly the clip it is given (shorter clips are stretched by the front end, as in
+openflam). ``score``/``detect``/``embed_windows`` work on recordings of any length: 10 s
+windows at a hop, the last one zero-padded (see ``infer.windows``), batched in power-of-two
+batch buckets of fixed 480000-sample windows, so mixed-length files reuse the compiled
+functions instead of compiling per file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 import jax
@@ -18,8 +26,11 @@ import numpy as np
 from flax import nnx
 
 from flam_jax.errors import InputError
+from flam_jax.infer import windows as win
+from flam_jax.infer.events import Event, extract_events
 
 SAMPLE_RATE = 48000
+METHODS = ("unbiased", "approximate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +47,92 @@ class TextEmbedding:
     beta: np.ndarray  # [N] per-text bias
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowEmbedding:
+    """A recording of any length as 10 s windows (what ``flam-search`` indexes)."""
+
+    source: str
+    duration_s: float
+    num_samples: int
+    starts: list[int]  # window start samples
+    frames: np.ndarray  # [W, F, D] unit norm
+    global_: np.ndarray  # [D] unit norm: window globals weighted by their share of real audio
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+    """Frame scores of a whole recording: frame k covers [k, k+1) / frame_rate_hz seconds."""
+
+    source: str
+    duration_s: float
+    texts: list[str]
+    scores: np.ndarray  # [N, T]
+    frame_rate_hz: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    timeline: Timeline
+    events_per_query: list[list[Event]]
+
+    @property
+    def events(self) -> list[Event]:
+        return sorted((e for q in self.events_per_query for e in q), key=lambda e: (e.onset, e.query))
+
+
+def _to_mono(wave: np.ndarray) -> np.ndarray:
+    if wave.ndim == 1:
+        return wave
+    if wave.ndim != 2:
+        raise InputError(f"audio must be [samples] or [samples, channels], got shape {wave.shape}")
+    channel_axis = 1 if wave.shape[1] <= wave.shape[0] else 0  # channels are the short axis
+    return wave.mean(axis=channel_axis)
+
+
+def _resample(wave: np.ndarray, sample_rate: int | None, axis_last: bool = True) -> np.ndarray:
+    if sample_rate is None or sample_rate == SAMPLE_RATE:
+        return wave
+    if not (isinstance(sample_rate, int | np.integer) and sample_rate > 0):
+        raise InputError(f"sample rate must be a positive integer, got {sample_rate!r}")
+    import soxr
+
+    if wave.ndim == 1:
+        return soxr.resample(wave, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    return np.stack([_resample(row, sample_rate) for row in wave])
+
+
+def read_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, str]:
+    """(mono float32 samples at 48 kHz, a name for messages) from a path or an array."""
+    if isinstance(audio, str | os.PathLike):
+        from flam_jax.audio.io import load_audio
+
+        return load_audio(audio), os.fspath(audio)
+    wave = np.asarray(audio)
+    if not np.issubdtype(wave.dtype, np.floating):
+        raise InputError(f"audio array must be floating point in [-1, 1], got dtype {wave.dtype}")
+    wave = _to_mono(wave.astype(np.float32, copy=False))
+    if wave.size == 0:
+        raise InputError("audio array holds no samples")
+    if not np.isfinite(wave).all():
+        raise InputError("audio array contains NaN or infinite samples")
+    return np.ascontiguousarray(_resample(wave, sample_rate), dtype=np.float32), "<array>"
+
+
+def batch_bucket(n: int, max_batch: int) -> int:
+    """The padded batch size for ``n`` items: the next power of two, capped at ``max_batch``."""
+    return min(max_batch, 1 << max(0, n - 1).bit_length())
+
+
 class FLAM:
     """A loaded FLAM model with its tokenizer."""
 
-    def __init__(self, model, model_config, tokenizer=None):
+    def __init__(self, model, model_config, tokenizer=None, *, max_batch: int = 8):
+        if max_batch < 1 or max_batch & (max_batch - 1):
+            raise InputError(f"max_batch must be a power of two, got {max_batch}")
         self.model = model
         self.model_config = model_config
         self.tokenizer = tokenizer
+        self.max_batch = max_batch
         graphdef, state = nnx.split(model)
 
         def audio_fn(state, wave):
@@ -51,16 +141,20 @@ class FLAM:
         def text_fn(state, ids, mask):
             return nnx.merge(graphdef, state).embed_text(ids, mask)
 
+        from flam_jax.models.flam import frame_scores
+
         self._state = state
+        # jit caches one executable per input shape; callers below only use bucket shapes.
         self._audio_fn = jax.jit(audio_fn)
         self._text_fn = jax.jit(text_fn)
+        self._score_fn = jax.jit(frame_scores, static_argnums=4)
 
     @classmethod
-    def load(cls, export_dir: str) -> FLAM:
+    def load(cls, export_dir: str, **kwargs) -> FLAM:
         """Open an export directory; ModelLoadError if it is missing, corrupt or inconsistent."""
         from flam_jax.export.export_dir import load_export
 
-        return cls(*load_export(export_dir))
+        return cls(*load_export(os.fspath(export_dir)), **kwargs)
 
     def save(self, out_dir: str, source: str = "") -> None:
         from flam_jax.export.export_dir import save_export
@@ -72,15 +166,27 @@ class FLAM:
     def num_frames(self) -> int:
         return self.model.audio.cfg.num_frames
 
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.num_frames * SAMPLE_RATE / win.WINDOW_SAMPLES
+
+    # ---- one clip as the model sees it -------------------------------------------------
+
     def embed_audio(self, wave, sample_rate: int | None = None) -> AudioEmbedding:
-        """wave: [N] or [B, N] float samples at 48 kHz, N <= 480000 (shorter is stretched)."""
+        """One clip (a path, or samples [N]) or a batch [B, N] of equal-length clips, <= 10 s.
+
+        Any sample rate (``sample_rate``, default 48 kHz; files carry their own) is resampled
+        to 48 kHz; shorter clips are stretched by the front end (openflam's behaviour).
+        """
         from flam_jax.audio.frontend import validate_waveform
 
-        if sample_rate is not None and sample_rate != SAMPLE_RATE:
-            raise InputError(f"sample rate {sample_rate} Hz given; FLAM needs {SAMPLE_RATE} Hz audio")
+        if isinstance(wave, str | os.PathLike):
+            wave = read_audio(wave)[0]
         wave = np.asarray(wave)
         if wave.ndim == 1:
             wave = wave[None]
+        if wave.ndim == 2 and np.issubdtype(wave.dtype, np.floating):
+            wave = _resample(wave.astype(np.float32, copy=False), sample_rate)
         validate_waveform(wave)  # rank, dtype, length and NaN/inf, before jit
         frames, global_ = self._audio_fn(self._state, wave.astype(np.float32))
         return AudioEmbedding(np.asarray(frames), np.asarray(global_))
@@ -90,15 +196,95 @@ class FLAM:
             raise InputError("this export has no tokenizer; text queries cannot be embedded")
         texts = [texts] if isinstance(texts, str) else list(texts)
         ids, mask = self.tokenizer.encode(texts)
+        n = len(texts)
+        # Pad to a power of two (repeating the first query) so query counts share compilations.
+        size = max(n, batch_bucket(n, 1 << 30))
+        if size > n:
+            ids = np.concatenate([ids, np.repeat(ids[:1], size - n, 0)])
+            mask = np.concatenate([mask, np.repeat(mask[:1], size - n, 0)])
         emb, alpha, beta = self._text_fn(self._state, ids, mask)
-        return TextEmbedding(texts, np.asarray(emb), np.asarray(alpha), np.asarray(beta))
+        return TextEmbedding(texts, np.asarray(emb)[:n], np.asarray(alpha)[:n], np.asarray(beta)[:n])
 
     def frame_scores(
         self, audio: AudioEmbedding, text: TextEmbedding, method: str = "unbiased"
     ) -> np.ndarray:
         """[B, N, F] frame scores of every text against every clip."""
-        from flam_jax.models.flam import frame_scores
-
-        if method not in ("unbiased", "approximate"):
+        if method not in METHODS:
             raise InputError(f"method must be 'unbiased' or 'approximate', got {method!r}")
-        return np.asarray(frame_scores(audio.frames, text.emb, text.alpha, text.beta, method))
+        return np.asarray(self._score_fn(audio.frames, text.emb, text.alpha, text.beta, method))
+
+    # ---- recordings of any length ------------------------------------------------------
+
+    def _embed_windows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames [W, F, D] and globals [W, D] of 480000-sample windows, in bucketed batches."""
+        frames, globals_ = [], []
+        for lo in range(0, windows.shape[0], self.max_batch):
+            chunk = windows[lo : lo + self.max_batch]
+            size = batch_bucket(chunk.shape[0], self.max_batch)
+            padded = np.zeros((size, win.WINDOW_SAMPLES), np.float32)
+            padded[: chunk.shape[0]] = chunk
+            f, g = self._audio_fn(self._state, padded)
+            frames.append(np.asarray(f)[: chunk.shape[0]])
+            globals_.append(np.asarray(g)[: chunk.shape[0]])
+        return np.concatenate(frames), np.concatenate(globals_)
+
+    def _texts(self, texts) -> TextEmbedding:
+        return texts if isinstance(texts, TextEmbedding) else self.embed_text(texts)
+
+    def embed_windows(self, audio, sample_rate: int | None = None, hop_s: float = 10.0) -> WindowEmbedding:
+        """A recording of any length as zero-padded 10 s windows at ``hop_s``."""
+        wave, source = read_audio(audio, sample_rate)
+        hop = win.hop_samples(hop_s, self.num_frames)
+        starts = win.window_starts(wave.shape[0], hop)
+        frames, globals_ = self._embed_windows(win.cut_windows(wave, starts))
+        real = np.array([min(wave.shape[0] - s, win.WINDOW_SAMPLES) for s in starts], np.float64)
+        mean = (globals_.astype(np.float64) * real[:, None]).sum(0)
+        global_ = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+        return WindowEmbedding(source, wave.shape[0] / SAMPLE_RATE, wave.shape[0], starts, frames, global_)
+
+    def window_scores(self, windows: WindowEmbedding, texts, method: str = "unbiased") -> Timeline:
+        """Timeline scores of indexed windows (``embed_windows``) against texts."""
+        text = self._texts(texts)
+        per_window = self.frame_scores(AudioEmbedding(windows.frames, windows.frames[:, 0]), text, method)
+        scores = win.average_windows(per_window, windows.starts, windows.num_samples)
+        return Timeline(windows.source, windows.duration_s, text.texts, scores, self.frame_rate_hz)
+
+    def score(
+        self, audio, texts, *, sample_rate: int | None = None, hop_s: float = 5.0, method: str = "unbiased"
+    ) -> Timeline:
+        """Frame scores [N, T] of a recording of any length (10 s windows every ``hop_s``)."""
+        if method not in METHODS:
+            raise InputError(f"method must be 'unbiased' or 'approximate', got {method!r}")
+        text = self._texts(texts)
+        wave, source = read_audio(audio, sample_rate)
+        hop = win.hop_samples(hop_s, self.num_frames)
+
+        def score_windows(windows):
+            frames, _ = self._embed_windows(windows)
+            return np.asarray(self._score_fn(frames, text.emb, text.alpha, text.beta, method))
+
+        scores = win.score_timeline(wave, score_windows, hop)
+        return Timeline(source, wave.shape[0] / SAMPLE_RATE, text.texts, scores, self.frame_rate_hz)
+
+    def detect(
+        self,
+        audio,
+        texts,
+        threshold: float = 0.5,
+        *,
+        median: int = 3,
+        sample_rate: int | None = None,
+        hop_s: float = 5.0,
+        method: str = "unbiased",
+    ) -> Detection:
+        """Events of each query in a recording of any length (median filter, ``> threshold``)."""
+        timeline = self.score(audio, texts, sample_rate=sample_rate, hop_s=hop_s, method=method)
+        events = extract_events(
+            timeline.scores,
+            timeline.texts,
+            frame_hop_s=1.0 / timeline.frame_rate_hz,
+            duration_s=timeline.duration_s,
+            threshold=threshold,
+            median=median,
+        )
+        return Detection(timeline, events)

@@ -1,5 +1,279 @@
-"""`flam-search` (placeholder until the inference and export issue lands)."""
+"""``flam-search``: index a folder of recordings, then find files (and moments) by text.
 
-from flam_jax.cli import not_built
+    flam-search index AUDIO_DIR --model EXPORT_DIR --out INDEX [--hop 10] [--batch-size 8]
+    flam-search query INDEX "text" [--top 10] [--threshold 0.5]
 
-run = not_built("flam-search", "inference and export issue")
+INDEX/ holds ``index.json`` (model, audio folder, hop), ``manifest.jsonl`` (one line per
+file as it is done: its item or its error; the last line of a path wins),
+``items/<n>.npz`` (window frame embeddings [W, F, D] float16, window starts, length,
+global embedding) and ``globals.npy`` + ``globals.json`` (all global embeddings, written
+at the end of each indexing run). Indexing again with the same model skips finished files
+and retries failed ones, so an interrupted run resumes. Files are found recursively by
+audio extension; unreadable ones are skipped and listed at the end (exit 1).
+
+A query ranks files by the cosine of the text and global embeddings and gives each
+hit's best span: the run of median-filtered frame scores above the threshold around the
+peak frame (the peak frame alone if nothing is above).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from flam_jax.cli import report_errors
+from flam_jax.errors import DataError, FlamError, InputError
+
+FORMAT = "flam_jax.search"
+VERSION = 1
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
+
+
+def find_audio(audio_dir: str) -> list[str]:
+    """Audio files under ``audio_dir`` (relative paths, sorted)."""
+    if not os.path.isdir(audio_dir):
+        raise InputError(f"audio folder not found: {audio_dir}")
+    found = []
+    for root, dirs, files in os.walk(audio_dir):
+        dirs.sort()
+        for name in files:
+            if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith("."):
+                found.append(os.path.relpath(os.path.join(root, name), audio_dir))
+    return sorted(found)
+
+
+def read_manifest(index_dir: str) -> dict[str, dict]:
+    """{relative path: its last manifest line}; a torn last line (killed mid-write) is ignored."""
+    entries = {}
+    path = os.path.join(index_dir, "manifest.jsonl")
+    if not os.path.exists(path):
+        return entries
+    with open(path) as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            entries[entry["path"]] = entry
+    return entries
+
+
+def _open_index(index_dir: str, model_dir: str, audio_dir: str, hop_s: float) -> None:
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": os.path.abspath(model_dir),
+        "audio_dir": os.path.abspath(audio_dir),
+        "hop_s": hop_s,
+    }
+    path = os.path.join(index_dir, "index.json")
+    if os.path.exists(path):
+        old = read_index_meta(index_dir)
+        if (old["model"], old["audio_dir"], old["hop_s"]) != (meta["model"], meta["audio_dir"], hop_s):
+            raise InputError(
+                f"{index_dir} was built from {old['audio_dir']} with model {old['model']} at hop "
+                f"{old['hop_s']} s; use another --out to index differently"
+            )
+        return
+    os.makedirs(os.path.join(index_dir, "items"), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def read_index_meta(index_dir: str) -> dict:
+    path = os.path.join(index_dir, "index.json")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError as err:
+        raise InputError(f"{index_dir} is not a flam-search index (no index.json)") from err
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"{path} is not a flam-search index")
+    return meta
+
+
+def build_index(
+    audio_dir: str,
+    model_dir: str,
+    index_dir: str,
+    *,
+    hop_s: float = 10.0,
+    progress: bool = True,
+    batch_size: int = 8,
+):
+    """Embed every audio file; returns (newly indexed, skipped as done, [(path, error)])."""
+    from tqdm import tqdm
+
+    from flam_jax.infer.api import FLAM
+
+    files = find_audio(audio_dir)
+    model = FLAM.load(model_dir, max_batch=batch_size)
+    _open_index(index_dir, model_dir, audio_dir, hop_s)
+    done = {
+        p: e
+        for p, e in read_manifest(index_dir).items()
+        if "item" in e and os.path.exists(os.path.join(index_dir, e["item"]))
+    }
+    todo = [p for p in files if p not in done]
+    next_id = 1 + max((int(os.path.basename(e["item"]).split(".")[0]) for e in done.values()), default=-1)
+    failures = []
+    with open(os.path.join(index_dir, "manifest.jsonl"), "a") as manifest:
+        for rel in tqdm(todo, desc="indexing", unit="file", disable=not progress, file=sys.stderr):
+            try:
+                emb = model.embed_windows(os.path.join(audio_dir, rel), hop_s=hop_s)
+            except FlamError as err:
+                failures.append((rel, str(err)))
+                manifest.write(json.dumps({"path": rel, "error": str(err)}) + "\n")
+                manifest.flush()
+                continue
+            item = os.path.join("items", f"{next_id:07d}.npz")
+            next_id += 1
+            tmp = os.path.join(index_dir, item + ".tmp.npz")
+            np.savez(
+                tmp,
+                frames=emb.frames.astype(np.float16),
+                starts=np.asarray(emb.starts, np.int64),
+                num_samples=np.int64(emb.num_samples),
+                global_=emb.global_,
+            )
+            os.replace(tmp, os.path.join(index_dir, item))
+            manifest.write(json.dumps({"path": rel, "item": item, "duration_s": emb.duration_s}) + "\n")
+            manifest.flush()
+    _write_globals(index_dir)
+    return len(todo) - len(failures), len(done), failures
+
+
+def _write_globals(index_dir: str) -> None:
+    entries = [e for e in read_manifest(index_dir).values() if "item" in e]
+    globals_ = [np.load(os.path.join(index_dir, e["item"]))["global_"] for e in entries]
+    matrix = np.stack(globals_) if globals_ else np.zeros((0, 0), np.float32)
+    np.save(os.path.join(index_dir, "globals.npy"), matrix)
+    with open(os.path.join(index_dir, "globals.json"), "w") as f:
+        json.dump(entries, f)
+
+
+def best_span(scores: np.ndarray, frame_hop_s: float, duration_s: float, threshold: float = 0.5):
+    """(onset, offset, peak) of the best-matching stretch of one query's timeline scores."""
+    from flam_jax.evals.postprocess import median_filter
+
+    smooth = median_filter(np.asarray(scores, np.float64), 3)
+    peak = int(np.argmax(smooth))
+    lo = hi = peak
+    if smooth[peak] > threshold:
+        while lo > 0 and smooth[lo - 1] > threshold:
+            lo -= 1
+        while hi + 1 < smooth.shape[0] and smooth[hi + 1] > threshold:
+            hi += 1
+    return lo * frame_hop_s, min((hi + 1) * frame_hop_s, duration_s), float(smooth[peak])
+
+
+def query_index(
+    index_dir: str, text: str, *, top: int = 10, threshold: float = 0.5, model=None
+) -> list[dict]:
+    """Top files for ``text``: [{path, score, onset, offset, peak}], best first."""
+    from flam_jax.infer.api import FLAM, WindowEmbedding
+
+    if not text.strip():
+        raise InputError("the query is empty")
+    if top < 1:
+        raise InputError(f"--top must be at least 1, got {top}")
+    meta = read_index_meta(index_dir)
+    try:
+        matrix = np.load(os.path.join(index_dir, "globals.npy"))
+        with open(os.path.join(index_dir, "globals.json")) as f:
+            entries = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f"index {index_dir} is incomplete (run flam-search index again): {err}") from err
+    if len(entries) == 0:
+        return []
+    model = model or FLAM.load(meta["model"])
+    query = model.embed_text([text])
+    similarity = matrix @ query.emb[0]
+    order = np.argsort(-similarity, kind="stable")[:top]
+    hits = []
+    for i in order.tolist():
+        entry = entries[i]
+        item = np.load(os.path.join(index_dir, entry["item"]))
+        windows = WindowEmbedding(
+            entry["path"],
+            float(entry["duration_s"]),
+            int(item["num_samples"]),
+            item["starts"].tolist(),
+            item["frames"].astype(np.float32),
+            item["global_"],
+        )
+        timeline = model.window_scores(windows, query)
+        onset, offset, peak = best_span(
+            timeline.scores[0], 1 / timeline.frame_rate_hz, windows.duration_s, threshold
+        )
+        hits.append(
+            {
+                "path": os.path.join(meta["audio_dir"], entry["path"]),
+                "score": float(similarity[i]),
+                "onset": round(onset, 6),
+                "offset": round(offset, 6),
+                "peak": peak,
+            }
+        )
+    return hits
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="flam-search", description="Index recordings and search them by text.")
+    sub = p.add_subparsers(dest="command", required=True)
+    ix = sub.add_parser("index", help="embed every audio file under a folder")
+    ix.add_argument("audio_dir")
+    ix.add_argument("--model", required=True, help="export directory")
+    ix.add_argument("--out", required=True, help="index directory (resumed if it exists)")
+    ix.add_argument("--hop", type=float, default=10.0, help="hop between 10 s windows, seconds")
+    ix.add_argument("--batch-size", type=int, default=8, help="largest window batch (a power of two)")
+    ix.add_argument("--no-progress", action="store_true")
+    q = sub.add_parser("query", help="rank indexed files by a text")
+    q.add_argument("index")
+    q.add_argument("text")
+    q.add_argument("--top", type=int, default=10)
+    q.add_argument("--threshold", type=float, default=0.5, help="frame score bounding the best span")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p.parse_args(argv)
+
+
+@report_errors
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.command == "index":
+        new, skipped, failures = build_index(
+            args.audio_dir,
+            args.model,
+            args.out,
+            hop_s=args.hop,
+            progress=not args.no_progress,
+            batch_size=args.batch_size,
+        )
+        print(f"indexed {new} files ({skipped} already done) into {args.out}")
+        if failures:
+            print(f"{len(failures)} files could not be read:", file=sys.stderr)
+            for path, message in failures:
+                print(f"  {path}: {message}", file=sys.stderr)
+            return 1
+        return 0
+    hits = query_index(args.index, args.text, top=args.top, threshold=args.threshold)
+    if args.json:
+        print(json.dumps(hits, indent=1))
+        return 0
+    print(f"{'rank':>4}  {'score':>7}  {'span (s)':>17}  {'peak':>5}  file")
+    for rank, h in enumerate(hits, 1):
+        span = f"{h['onset']:.2f}-{h['offset']:.2f}"
+        print(f"{rank:>4}  {h['score']:7.4f}  {span:>17}  {h['peak']:5.3f}  {h['path']}")
+    if not hits:
+        print("(the index is empty)")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
