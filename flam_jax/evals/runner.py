@@ -131,14 +131,13 @@ def global_embeddings(model, items: Sequence[Item], batch_size: int, progress: b
                 yield i, w
 
     total = sum(len(range(0, item.num_samples - WINDOW, WINDOW)) + 1 for item in items)
-    sums, counts = None, np.zeros(len(items))
+    sums = None  # the mean direction: summing and re-normalising is enough
     with _progress(total, "embedding", progress) as bar:
         for owners, batch in _batches(windows(), batch_size):
             emb = np.asarray(model.embed_audio(batch).global_, dtype=np.float64)
             if sums is None:
                 sums = np.zeros((len(items), emb.shape[1]))
             np.add.at(sums, owners, emb)
-            np.add.at(counts, owners, 1)
             bar.update(len(batch))
     return sums / np.linalg.norm(sums, axis=1, keepdims=True)
 
@@ -179,7 +178,7 @@ def sed_metrics(
         metrics["psds1"] = p1["psds"]
         metrics["psds2"] = sed.psds(filtered, events, class_names, sed.PSDS2)["psds"]
         points = sed.intersection_operating_points(filtered, events, class_names, dtc=0.5, gtc=0.5)
-        f1 = sed._f1_at(points, np.r_[THRESHOLD, F1_GRID])
+        f1 = sed.f1_from_points(points, np.r_[THRESHOLD, F1_GRID])
         metrics["intersection_f1_macro"] = float(f1["macro"][0])
         metrics["intersection_f1_micro"] = float(f1["micro"][0])
         curves["intersection_f1"] = {

@@ -606,7 +606,7 @@ def psds2(scores, ground_truth, class_names, **kwargs) -> float:
     return psds(scores, ground_truth, class_names, PSDS2, **kwargs)["psds"]
 
 
-def _f1_at(points: OperatingPoints, thresholds: np.ndarray) -> dict:
+def f1_from_points(points: OperatingPoints, thresholds: np.ndarray) -> dict:
     """Intersection F1 per class at each threshold (detections: score > threshold)."""
     thresholds = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
     if not points.tps:
@@ -649,7 +649,7 @@ def intersection_f1(
     points = intersection_operating_points(
         scores, ground_truth, class_names, dtc=dtc, gtc=gtc, durations=durations, hop=hop
     )
-    out = _f1_at(points, np.array([threshold]))
+    out = f1_from_points(points, np.array([threshold]))
     return {
         "macro": float(out["macro"][0]),
         "micro": float(out["micro"][0]),
@@ -664,7 +664,7 @@ def intersection_f1_curve(
     points = intersection_operating_points(
         scores, ground_truth, class_names, dtc=dtc, gtc=gtc, durations=durations, hop=hop
     )
-    return _f1_at(points, thresholds)
+    return f1_from_points(points, thresholds)
 
 
 # --------------------------------------------------------------------------- segment-based AUROC
