@@ -79,6 +79,8 @@ def global_windows(wave: np.ndarray) -> list[np.ndarray]:
 
 
 def _batches(windows: Iterator[tuple[int, np.ndarray]], batch_size: int):
+    """(owners, waves [batch_size, 480000]); a short last batch is zero-padded so that a
+    jitted model sees one shape (callers keep the first ``len(owners)`` rows)."""
     owners, waves = [], []
     for owner, wave in windows:
         owners.append(owner)
@@ -87,6 +89,7 @@ def _batches(windows: Iterator[tuple[int, np.ndarray]], batch_size: int):
             yield owners, np.stack(waves).astype(np.float32)
             owners, waves = [], []
     if waves:
+        waves += [np.zeros(WINDOW, np.float32)] * (batch_size - len(waves))
         yield owners, np.stack(waves).astype(np.float32)
 
 
@@ -115,10 +118,11 @@ def score_items(model, items: Sequence[Item], queries: Sequence[str], batch_size
 
     scores = []
     with _progress(len(index), "scoring", progress) as bar:
-        for _, batch in _batches(windows(), batch_size):
+        for owners, batch in _batches(windows(), batch_size):
             audio = model.embed_audio(batch)
-            scores.append(np.concatenate([np.asarray(model.frame_scores(audio, t)) for t in text_chunks], 1))
-            bar.update(len(batch))
+            block = np.concatenate([np.asarray(model.frame_scores(audio, t)) for t in text_chunks], 1)
+            scores.append(block[: len(owners)])
+            bar.update(len(owners))
     return np.concatenate(scores).astype(np.float32), index
 
 
@@ -134,11 +138,11 @@ def global_embeddings(model, items: Sequence[Item], batch_size: int, progress: b
     sums = None  # the mean direction: summing and re-normalising is enough
     with _progress(total, "embedding", progress) as bar:
         for owners, batch in _batches(windows(), batch_size):
-            emb = np.asarray(model.embed_audio(batch).global_, dtype=np.float64)
+            emb = np.asarray(model.embed_audio(batch).global_, dtype=np.float64)[: len(owners)]
             if sums is None:
                 sums = np.zeros((len(items), emb.shape[1]))
             np.add.at(sums, owners, emb)
-            bar.update(len(batch))
+            bar.update(len(owners))
     return sums / np.linalg.norm(sums, axis=1, keepdims=True)
 
 
