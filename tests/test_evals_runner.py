@@ -140,8 +140,10 @@ def test_reader_keeps_events_and_windows_cut_them(tmp_path):
     assert not windows[2][5 * 48000 :].any()  # zero padding after the recording ends
     assert runner.sed_window_count(int(10.3 * 48000)) == 1  # a 0.3 s tail is dropped
     # The folder the raw copy was built into is itself a valid --data-dir.
-    built, _ = open_source(get_benchmark("desed"), str(tmp_path / "tfds"))
-    assert len(built) == 3 and not (tmp_path / "tfds" / ".flam_tfds").exists()
+    for name in ("desed", "urbansed", "audioset-strong"):  # the same strong layout
+        built, _ = open_source(get_benchmark(name), str(tmp_path / "tfds"))
+        assert len(built) == 3
+    assert not (tmp_path / "tfds" / ".flam_tfds").exists()
 
 
 def _pairs_fixture(root, layout):
