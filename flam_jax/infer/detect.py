@@ -158,3 +158,7 @@ def _named(detection, path: str):
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -106,14 +106,18 @@ def build_index(
     hop_s: float = 10.0,
     progress: bool = True,
     batch_size: int = 8,
+    model=None,
 ):
-    """Embed every audio file; returns (newly indexed, skipped as done, [(path, error)])."""
+    """Embed every audio file; returns (newly indexed, skipped as done, [(path, error)]).
+
+    ``model``: an already loaded ``FLAM`` of ``model_dir`` (reuses its compiled functions).
+    """
     from tqdm import tqdm
 
     from flam_jax.infer.api import FLAM
 
     files = find_audio(audio_dir)
-    model = FLAM.load(model_dir, max_batch=batch_size)
+    model = model or FLAM.load(model_dir, max_batch=batch_size)
     _open_index(index_dir, model_dir, audio_dir, hop_s)
     done = {
         p: e
@@ -277,3 +281,7 @@ def main(argv=None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
