@@ -73,6 +73,8 @@ def test_export_round_trip_and_stablehlo(workdir, tmp_path):
     assert config["format"] == "flam_jax.export" and "step 2" in config["source"]
     assert config["model"]["audio_size"] == "demo" and config["model"]["tokenizer"] == ""
     assert sorted(os.listdir(out)) == ["config.json", "params.safetensors", "stablehlo", "tokenizer"]
+    manifest = json.load(open(out / "stablehlo" / "manifest.json"))
+    assert manifest["platforms"] == ["cpu", "cuda"] and manifest["frame_rate_hz"] == 3.2
     flam = FLAM.load(str(out))
     expected = get_weights(model)
     loaded = get_weights(flam.model)

@@ -1,6 +1,7 @@
 """``flam-export``: a training workdir → an export directory (parameters only).
 
     flam-export --workdir DIR --out EXPORT_DIR [--step N] [--dtype float32|bfloat16] [--stablehlo]
+                [--platforms cpu,cuda]
 
 Reads ``DIR/config.json`` (the resolved training config) and the latest complete Orbax
 step under ``DIR/checkpoints`` (or ``--step``). Only ``params`` and ``extra`` (BatchNorm
@@ -90,7 +91,13 @@ def jax_tree_map(fn, tree):
 
 
 def export_workdir(
-    workdir: str, out_dir: str, *, step: int | None = None, dtype: str = "float32", stablehlo: bool = False
+    workdir: str,
+    out_dir: str,
+    *,
+    step: int | None = None,
+    dtype: str = "float32",
+    stablehlo: bool = False,
+    platforms: tuple[str, ...] | None = None,
 ) -> dict:
     """Write an export directory from a training workdir; returns a summary dict."""
     from flax import nnx
@@ -142,7 +149,7 @@ def export_workdir(
     if stablehlo:
         from flam_jax.export.stablehlo import export_stablehlo
 
-        files = export_stablehlo(out_dir)
+        files = export_stablehlo(out_dir, platforms=platforms)
     return {
         "step": step,
         "weights": len(weights),
@@ -161,14 +168,23 @@ def _parse(argv):
     )
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the stored parameters")
     parser.add_argument("--stablehlo", action="store_true", help="also write jax.export StableHLO artefacts")
+    parser.add_argument(
+        "--platforms", default="", help="StableHLO lowering platforms, comma-separated (default: cpu,cuda)"
+    )
     return parser.parse_args(argv)
 
 
 @report_errors
 def main(argv=None) -> int:
     args = _parse(argv)
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip()) or None
     summary = export_workdir(
-        args.workdir, args.out, step=args.step, dtype=args.dtype, stablehlo=args.stablehlo
+        args.workdir,
+        args.out,
+        step=args.step,
+        dtype=args.dtype,
+        stablehlo=args.stablehlo,
+        platforms=platforms,
     )
     extra = f", StableHLO: {len(summary['stablehlo']) - 1} functions" if summary["stablehlo"] else ""
     print(

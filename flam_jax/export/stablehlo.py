@@ -9,7 +9,8 @@
     EXPORT_DIR/stablehlo/frame_scores_{unbiased,approximate}.bin
                                            (frames [b,F,D], emb [n,D], alpha [n], beta [n]) -> [b, n, F]
 
-``b`` and ``n`` are symbolic: any batch size runs. The weights are not baked in: each
+``b`` and ``n`` are symbolic: any batch size runs. Lowered for CPU and CUDA by default
+(plus the exporting backend, e.g. TPU); ``platforms=`` overrides. The weights are not baked in: each
 model function takes the dict of ``params.safetensors`` (dotted names, stored dtype, cast
 to float32 inside), so the artefact stays small and shares the export's one weight file.
 
@@ -33,10 +34,16 @@ PARAMS_FILE = "params.safetensors"
 METHODS = ("unbiased", "approximate")
 
 
+DEFAULT_PLATFORMS = ("cpu", "cuda")  # lowering for CUDA needs no GPU; both run from one file
+
+
 def _lower_platforms(requested):
     import jax
 
-    return tuple(requested) if requested else (jax.default_backend(),)
+    if requested:
+        return tuple(requested)
+    here = jax.default_backend()
+    return DEFAULT_PLATFORMS if here in ("cpu", "gpu") else (*DEFAULT_PLATFORMS, here)
 
 
 def export_stablehlo(export_dir: str, *, platforms=None) -> list[str]:
