@@ -118,6 +118,17 @@ def test_real_model_long_file_averages_window_scores(flam):
     assert np.abs(again.scores - timeline.scores).max() < 0.05
 
 
+def test_mixed_lengths_share_compilations(flam):
+    text = flam.embed_text(["a siren", "a dog barking"])
+    flam.score(np.zeros(10 * SR, np.float32), text)
+    audio, scores = flam._audio_fn._cache_size(), flam._score_fn._cache_size()
+    rng = np.random.default_rng(4)
+    for seconds in (3.0, 12.7, 21.1, 10.0):
+        flam.score(rng.normal(0, 0.1, int(seconds * SR)).astype(np.float32), text)
+    # _cache_size is private jax API; it exists in 0.10 and 0.11 (checked by this test).
+    assert flam._audio_fn._cache_size() == audio and flam._score_fn._cache_size() == scores
+
+
 def test_bad_arrays(flam):
     with pytest.raises(InputError, match="no samples"):
         flam.score(np.zeros(0, np.float32), ["x"])

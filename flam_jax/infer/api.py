@@ -215,18 +215,30 @@ class FLAM:
 
     # ---- recordings of any length ------------------------------------------------------
 
+    def _chunks(self, items: np.ndarray):
+        """(padded chunk, real count) in power-of-two batch buckets of at most ``max_batch``."""
+        for lo in range(0, items.shape[0], self.max_batch):
+            chunk = items[lo : lo + self.max_batch]
+            size = batch_bucket(chunk.shape[0], self.max_batch)
+            padded = np.zeros((size, *items.shape[1:]), items.dtype)
+            padded[: chunk.shape[0]] = chunk
+            yield padded, chunk.shape[0]
+
     def _embed_windows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Frames [W, F, D] and globals [W, D] of 480000-sample windows, in bucketed batches."""
         frames, globals_ = [], []
-        for lo in range(0, windows.shape[0], self.max_batch):
-            chunk = windows[lo : lo + self.max_batch]
-            size = batch_bucket(chunk.shape[0], self.max_batch)
-            padded = np.zeros((size, win.WINDOW_SAMPLES), np.float32)
-            padded[: chunk.shape[0]] = chunk
+        for padded, count in self._chunks(windows.astype(np.float32, copy=False)):
             f, g = self._audio_fn(self._state, padded)
-            frames.append(np.asarray(f)[: chunk.shape[0]])
-            globals_.append(np.asarray(g)[: chunk.shape[0]])
+            frames.append(np.asarray(f)[:count])
+            globals_.append(np.asarray(g)[:count])
         return np.concatenate(frames), np.concatenate(globals_)
+
+    def _bucketed_scores(self, frames: np.ndarray, text: TextEmbedding, method: str) -> np.ndarray:
+        """[W, N, F] scores, computed at bucket shapes so each file length reuses the compilation."""
+        out = []
+        for padded, count in self._chunks(np.asarray(frames, np.float32)):
+            out.append(np.asarray(self._score_fn(padded, text.emb, text.alpha, text.beta, method))[:count])
+        return np.concatenate(out)
 
     def _texts(self, texts) -> TextEmbedding:
         return texts if isinstance(texts, TextEmbedding) else self.embed_text(texts)
@@ -244,8 +256,10 @@ class FLAM:
 
     def window_scores(self, windows: WindowEmbedding, texts, method: str = "unbiased") -> Timeline:
         """Timeline scores of indexed windows (``embed_windows``) against texts."""
+        if method not in METHODS:
+            raise InputError(f"method must be 'unbiased' or 'approximate', got {method!r}")
         text = self._texts(texts)
-        per_window = self.frame_scores(AudioEmbedding(windows.frames, windows.frames[:, 0]), text, method)
+        per_window = self._bucketed_scores(windows.frames, text, method)
         scores = win.average_windows(per_window, windows.starts, windows.num_samples)
         return Timeline(windows.source, windows.duration_s, text.texts, scores, self.frame_rate_hz)
 
@@ -260,8 +274,13 @@ class FLAM:
         hop = win.hop_samples(hop_s, self.num_frames)
 
         def score_windows(windows):
-            frames, _ = self._embed_windows(windows)
-            return np.asarray(self._score_fn(frames, text.emb, text.alpha, text.beta, method))
+            out = []
+            for padded, count in self._chunks(windows):
+                frames, _ = self._audio_fn(self._state, padded)
+                out.append(
+                    np.asarray(self._score_fn(frames, text.emb, text.alpha, text.beta, method))[:count]
+                )
+            return np.concatenate(out)
 
         scores = win.score_timeline(wave, score_windows, hop)
         return Timeline(source, wave.shape[0] / SAMPLE_RATE, text.texts, scores, self.frame_rate_hz)
