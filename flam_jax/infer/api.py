@@ -89,7 +89,7 @@ def _to_mono(wave: np.ndarray) -> np.ndarray:
     return wave.mean(axis=channel_axis)
 
 
-def _resample(wave: np.ndarray, sample_rate: int | None, axis_last: bool = True) -> np.ndarray:
+def _resample(wave: np.ndarray, sample_rate: int | None) -> np.ndarray:
     if sample_rate is None or sample_rate == SAMPLE_RATE:
         return wave
     if not (isinstance(sample_rate, int | np.integer) and sample_rate > 0):

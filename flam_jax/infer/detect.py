@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from flam_jax.cli import EXIT_USAGE, report_errors
 from flam_jax.errors import FlamError, InputError
+from flam_jax.infer.windows import hop_samples
 
 
 def read_queries(queries: Sequence[str] | None, queries_file: str | None) -> list[str]:
@@ -108,23 +109,20 @@ def main(argv=None) -> int:
         raise InputError(f"--median must be a positive odd number of frames, got {args.median}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from flam_jax.infer.api import FLAM
+    from flam_jax.infer.api import FLAM, read_audio
 
     model = FLAM.load(args.model, max_batch=args.batch_size)
+    hop_samples(args.hop, model.num_frames)  # a bad --hop is one error, not one per file
     text = model.embed_text(queries)  # once for every file
     detections, waves, failures = [], [], []
     for path in args.audio:
         try:
-            from flam_jax.infer.api import read_audio
-
-            wave, _ = read_audio(path)
-            detections.append(
-                model.detect(
-                    wave, text, args.threshold, median=args.median, hop_s=args.hop, method=args.method
-                )
+            wave, _ = read_audio(path)  # kept for the plot
+            found = model.detect(
+                wave, text, args.threshold, median=args.median, hop_s=args.hop, method=args.method
             )
-            detections[-1] = _named(detections[-1], path)
-            waves.append(wave)
+            detections.append(_named(found, path))
+            waves.append(wave if args.plot else None)
         except FlamError as err:
             if len(args.audio) == 1:
                 raise
