@@ -217,6 +217,26 @@ def test_search_index_resume_and_query(export, audio_dir, tmp_path, capsys):
     assert code == 0 and len(out.strip().splitlines()) == 4  # header + 3 files
 
 
+def test_console_entry_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [
+        sys.executable,
+        "-m",
+        "flam_jax.infer.detect",
+        "x.wav",
+        "--model",
+        str(tmp_path / "nope"),
+        "-q",
+        "a",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: export directory not found: {tmp_path / 'nope'}"]
+
+
 def test_search_bad_input(export, tmp_path, capsys):
     cases = [
         (
