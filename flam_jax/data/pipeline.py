@@ -172,7 +172,10 @@ def _indices(count, seed, process_index, process_count, num_epochs):
 
 
 def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDataset:
-    it = ds.to_iter_dataset()
+    # Grain's default read-ahead is 500 elements on 16 threads; an element here is a whole
+    # batch of 10 s clips (hundreds of MB), so bound it by data.prefetch.
+    depth = max(1, buffer)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=depth, prefetch_buffer_size=depth))
     if workers > 0:
         from absl import flags
 
