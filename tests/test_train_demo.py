@@ -33,7 +33,7 @@ def test_cpu_demo_tiny_trains_end_to_end(tmp_path):
         f"--config.data.dir={tmp_path / 'tfds'}",
         "--config.train.log_every=1",
     ]
-    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "done at step 3" in out.stdout
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
