@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         from flam_jax.infer.plots import plot_detection
 
         for d, wave, out in zip(detections, waves, plot_paths(args.plot, len(detections)), strict=True):
-            plot_detection(wave, d, out)
+            plot_detection(wave, d, out, threshold=args.threshold)
     if failures:
         print(f"{len(failures)} of {len(args.audio)} files failed:", file=sys.stderr)
         for path, message in failures:

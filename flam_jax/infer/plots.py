@@ -21,7 +21,7 @@ def log_spectrogram(wave: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[np.ndarr
     return 10 * np.log10(power[keep] + 1e-10), step / rate
 
 
-def plot_detection(wave: np.ndarray, detection, out_path: str) -> str:
+def plot_detection(wave: np.ndarray, detection, out_path: str, threshold: float | None = None) -> str:
     """Write a PNG: spectrogram on top, then one row per query (scores, threshold, events)."""
     import matplotlib
 
@@ -57,6 +57,8 @@ def plot_detection(wave: np.ndarray, detection, out_path: str) -> str:
         axes[1:], queries, timeline.scores, detection.events_per_query, strict=True
     ):
         ax.stairs(scores, edges, color="tab:blue", linewidth=1.2)
+        if threshold is not None:
+            ax.axhline(threshold, color="gray", linestyle="--", linewidth=0.8)
         for e in events:
             ax.axvspan(e.onset, e.offset, color="tab:orange", alpha=0.35)
             axes[0].axvspan(e.onset, e.offset, ymin=0.97, ymax=1.0, color="tab:orange")
