@@ -184,14 +184,17 @@ def test_search_index_resume_and_query(export, audio_dir, tmp_path, capsys):
     item = np.load(index / entries["long.wav"]["item"])
     assert item["frames"].shape == (2, 32, 512) and list(item["starts"]) == [0, 480000]
 
-    # Resume: a new file is added, finished ones are skipped, the bad one is retried.
-    soundfile.write(str(audio_dir / "late.wav"), tone(2.0, freq=440), SR)
+    # Resume: a new file is added, finished ones are skipped, the bad one is retried, and a
+    # line torn by a kill mid-write is ignored.
+    with open(index / "manifest.jsonl", "a") as f:
+        f.write('{"path": "x.wav", "item": "items/00')
+    soundfile.write(str(audio_dir / "a_late.wav"), tone(2.0, freq=440), SR)
     try:
         code, out, err = _run(
             search.main, ["index", audio_dir, "--model", export, "--out", index, "--batch-size", 1], capsys
         )
     finally:
-        os.remove(audio_dir / "late.wav")
+        os.remove(audio_dir / "a_late.wav")
     assert code == 1 and "indexed 1 files (2 already done)" in out
     assert np.load(index / "globals.npy").shape == (3, 512)
 
@@ -205,7 +208,7 @@ def test_search_index_resume_and_query(export, audio_dir, tmp_path, capsys):
     model = FLAM.load(export)
     text = model.embed_text(["a beeping tone"]).emb[0]
     cosines = {}
-    for path in ("long.wav", "late.wav", os.path.join("sub", "short.flac")):
+    for path in ("long.wav", "a_late.wav", os.path.join("sub", "short.flac")):
         emb = np.load(index / search.read_manifest(str(index))[path]["item"])["global_"]
         cosines[os.path.join(str(audio_dir), path)] = float(emb @ text)
     best = sorted(cosines, key=cosines.get, reverse=True)[:2]

@@ -127,7 +127,9 @@ def build_index(
     todo = [p for p in files if p not in done]
     next_id = 1 + max((int(os.path.basename(e["item"]).split(".")[0]) for e in done.values()), default=-1)
     failures = []
-    with open(os.path.join(index_dir, "manifest.jsonl"), "a") as manifest:
+    manifest_path = os.path.join(index_dir, "manifest.jsonl")
+    _end_torn_line(manifest_path)
+    with open(manifest_path, "a") as manifest:
         for rel in tqdm(todo, desc="indexing", unit="file", disable=not progress, file=sys.stderr):
             try:
                 emb = model.embed_windows(os.path.join(audio_dir, rel), hop_s=hop_s)
@@ -151,6 +153,16 @@ def build_index(
             manifest.flush()
     _write_globals(index_dir)
     return len(todo) - len(failures), len(done), failures
+
+
+def _end_torn_line(path: str) -> None:
+    """Terminate a last line cut short by a kill, so the next entry starts on its own line."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
 
 
 def _write_globals(index_dir: str) -> None:
