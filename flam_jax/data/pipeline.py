@@ -186,6 +186,15 @@ def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDatase
     return it
 
 
+def _sed_stream(
+    size, make_element, tokenizer, spec, *, seed, process_index, process_count, num_epochs, workers, buffer
+) -> grain.IterDataset:
+    ds = _indices(size, seed, process_index, process_count, num_epochs)
+    ds = ds.random_map(make_element, seed=seed)
+    ds = ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
+    return _finish(ds, workers, buffer)
+
+
 def sed_dataset(
     pool: sim.ClipPool,
     tokenizer: batches.TextTokenizer,
@@ -200,10 +209,18 @@ def sed_dataset(
     buffer: int = 2,
 ) -> grain.IterDataset:
     """Host-sharded stream of (SED batch, decode errors); ``num_epochs=None`` repeats forever."""
-    ds = _indices(len(pool), seed, process_index, process_count, num_epochs)
-    ds = ds.random_map(_Simulate(pool, cfg), seed=seed)
-    ds = ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
-    return _finish(ds, workers, buffer)
+    return _sed_stream(
+        len(pool),
+        _Simulate(pool, cfg),
+        tokenizer,
+        spec,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        num_epochs=num_epochs,
+        workers=workers,
+        buffer=buffer,
+    )
 
 
 def annotated_sed_dataset(
@@ -220,10 +237,18 @@ def annotated_sed_dataset(
     buffer: int = 2,
 ) -> grain.IterDataset:
     """Like ``sed_dataset`` but from strongly labelled recordings (class names as texts)."""
-    ds = _indices(len(source), seed, process_index, process_count, num_epochs)
-    ds = ds.random_map(_Annotated(source, cfg), seed=seed)
-    ds = ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
-    return _finish(ds, workers, buffer)
+    return _sed_stream(
+        len(source),
+        _Annotated(source, cfg),
+        tokenizer,
+        spec,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        num_epochs=num_epochs,
+        workers=workers,
+        buffer=buffer,
+    )
 
 
 def global_dataset(
@@ -350,26 +375,18 @@ def sed_iterator(
         if not config.data.dir:
             raise ConfigError("data.dir is empty: set it to the TFDS data_dir holding the built datasets")
         source = builders.load("strong", config.data.dir, config.data.split)
-        dataset = annotated_sed_dataset(
-            source,
-            tokenizer,
-            spec,
-            simulator_config(config),
-            seed=config.seed,
-            process_index=index,
-            process_count=count,
-            num_epochs=num_epochs,
-            workers=config.data.workers,
-            buffer=config.data.prefetch,
-        )
-        return DataIterator(dataset, config.data.max_decode_errors, "SED")
-    if pool is None:
-        pool = open_pool(config.data.dir, config.data.sed_dataset, config.data.split, config.data.pool_cache)
-    dataset = sed_dataset(
-        pool,
+        size, element = len(source), _Annotated(source, simulator_config(config))
+    else:
+        if pool is None:
+            pool = open_pool(
+                config.data.dir, config.data.sed_dataset, config.data.split, config.data.pool_cache
+            )
+        size, element = len(pool), _Simulate(pool, simulator_config(config))
+    dataset = _sed_stream(
+        size,
+        element,
         tokenizer,
         spec,
-        simulator_config(config),
         seed=config.seed,
         process_index=index,
         process_count=count,

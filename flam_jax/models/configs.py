@@ -117,32 +117,23 @@ class TextConfig:
         return self.hidden // self.heads
 
 
+_ROBERTA_BASE = TextConfig(
+    vocab_size=50265,
+    hidden=768,
+    layers=12,
+    heads=12,
+    ffn=3072,
+    max_positions=514,
+    type_vocab=1,
+    pad_id=1,
+    style="roberta",
+    layer_norm_eps=1e-5,
+)
+
 TEXT_CONFIGS: dict[str, TextConfig] = {
-    "roberta-base": TextConfig(
-        vocab_size=50265,
-        hidden=768,
-        layers=12,
-        heads=12,
-        ffn=3072,
-        max_positions=514,
-        type_vocab=1,
-        pad_id=1,
-        style="roberta",
-        layer_norm_eps=1e-5,
-    ),
+    "roberta-base": _ROBERTA_BASE,
     # Two layers of roberta-base's width: fast tests and parity checks.
-    "roberta-tiny": TextConfig(
-        vocab_size=50265,
-        hidden=768,
-        layers=2,
-        heads=12,
-        ffn=3072,
-        max_positions=514,
-        type_vocab=1,
-        pad_id=1,
-        style="roberta",
-        layer_norm_eps=1e-5,
-    ),
+    "roberta-tiny": dataclasses.replace(_ROBERTA_BASE, layers=2),
     # sentence-transformers/all-MiniLM-L6-v2 (uncased WordPiece, 30522 tokens).
     "minilm-l6": TextConfig(
         vocab_size=30522,
