@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from flam_jax.errors import CheckpointError, FlamError, ModelLoadError
+from flam_jax.jsonfile import read_json
 
 FORMAT = "flam_jax.export"
 VERSION = 1
@@ -66,13 +67,7 @@ def read_config(export_dir: str) -> dict:
     path = os.path.join(export_dir, CONFIG_FILE)
     if not os.path.isdir(export_dir):
         raise ModelLoadError(f"export directory not found: {export_dir}")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except FileNotFoundError as err:
-        raise ModelLoadError(f"{export_dir} is not an export directory (no {CONFIG_FILE})") from err
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot read {path}: {err}") from err
+    config = read_json(path, ModelLoadError, f"{export_dir} is not an export directory (no {CONFIG_FILE})")
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
         raise ModelLoadError(f"{path} is not a flam_jax export config")
     if config.get("version") != VERSION:

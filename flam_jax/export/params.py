@@ -15,7 +15,6 @@ converter writes too): config.json, params.safetensors (float32, or bfloat16 wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from flam_jax.cli import report_errors
 from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
+from flam_jax.jsonfile import read_json
 
 DTYPES = ("float32", "bfloat16")
 
@@ -43,13 +43,7 @@ def read_training_config(workdir: str) -> dict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isdir(workdir):
         raise CheckpointError(f"training workdir not found: {workdir}")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except FileNotFoundError as err:
-        raise CheckpointError(f"{workdir} is not a training workdir (no config.json)") from err
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
+    config = read_json(path, CheckpointError, f"{workdir} is not a training workdir (no config.json)")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{path} has no model section")
     return config

@@ -1,0 +1,17 @@
+"""Reading the small JSON files that mark a directory's kind (export, workdir, index)."""
+
+import json
+import os
+
+from flam_jax.errors import FlamError
+
+
+def read_json(path: str, error: type[FlamError], missing: str) -> object:
+    """Parse ``path``; a missing file raises ``error(missing)``, a bad one names the path."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError as err:
+        raise error(missing) from err
+    except (OSError, ValueError) as err:
+        raise error(f"cannot read {os.fspath(path)}: {err}") from err
