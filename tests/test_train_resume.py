@@ -47,7 +47,7 @@ def _start(workdir, *args):
     )
 
 
-def _finish(proc, timeout=240):
+def _finish(proc, timeout=600):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
 
@@ -63,7 +63,7 @@ def _losses(workdir) -> dict[int, float]:
     return losses
 
 
-def _wait_for_step(workdir, step, proc, timeout=180):
+def _wait_for_step(workdir, step, proc, timeout=420):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
