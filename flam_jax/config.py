@@ -17,6 +17,11 @@ from flam_jax.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
 
+# Activation checkpointing policies both towers implement (models.htsat/text REMAT_POLICIES;
+# a test keeps the three in step): none; block = recompute each block in the backward
+# pass; block_save_dots = recompute it but keep its matmul outputs.
+REMAT_NAMES = ("none", "block", "block_save_dots")
+
 
 def base_config() -> ConfigDict:
     """All known keys with their defaults (FLAM paper values where the spec gives them)."""
@@ -33,7 +38,7 @@ def base_config() -> ConfigDict:
     c.model.per_text_scale = True  # ablation switch: alpha = exp(MLP) vs the constant 1
     c.model.per_text_bias = True  # ablation switch: beta = MLP vs the constant 0
     c.model.compute_dtype = "float32"  # activations; parameters are always float32
-    c.model.remat = "none"  # activation checkpointing policy for the towers
+    c.model.remat = "none"  # activation checkpointing of both towers: one of REMAT_NAMES
     c.model.context_length = 77
 
     c.data = ConfigDict()
@@ -152,6 +157,10 @@ def validate(config: ConfigDict) -> ConfigDict:
         (
             config.model.compute_dtype in ("float32", "bfloat16"),
             "model.compute_dtype must be float32 or bfloat16",
+        ),
+        (
+            config.model.remat in REMAT_NAMES,
+            f"model.remat must be one of {', '.join(REMAT_NAMES)}, got {config.model.remat!r}",
         ),
         (config.mesh.data == -1 or config.mesh.data > 0, "mesh.data must be -1 or positive"),
         (config.mesh.fsdp == -1 or config.mesh.fsdp > 0, "mesh.fsdp must be -1 or positive"),

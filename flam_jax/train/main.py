@@ -3,6 +3,7 @@
 Kept thin on purpose: everything testable lives in ``trainer.train_and_evaluate``.
 """
 
+import os
 import re
 import sys
 
@@ -28,6 +29,11 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_string("coordinator", "", "host:port of process 0 for jax.distributed", flag_values=fv)
     flags.DEFINE_integer("num_processes", 0, "number of processes in the job", flag_values=fv)
     flags.DEFINE_integer("process_id", -1, "this process's index in the job", flag_values=fv)
+    # Ahead-of-time check (train.aot): compile the step for a TPU topology, report, exit.
+    flags.DEFINE_bool(
+        "compile_only", False, "compile the train step for --topology and report", flag_values=fv
+    )
+    flags.DEFINE_string("topology", "", "TPU topology for --compile_only, e.g. v5e:16x16", flag_values=fv)
     return fv
 
 
@@ -67,12 +73,16 @@ def parse_all_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str, dict]:
         raise ConfigError("missing required flag --workdir=DIR")
     config = config_lib.validate(fv.config)
     launch = {"coordinator": fv.coordinator, "num_processes": fv.num_processes, "process_id": fv.process_id}
+    if fv.compile_only:
+        launch = {"compile_only": True, "topology": fv.topology}
     return config, fv.workdir, launch
 
 
 @report_errors
 def main(argv: list[str]) -> int:
     config, workdir, launch = parse_all_flags(argv)
+    if launch.get("compile_only"):
+        return _compile_only(config, workdir, launch["topology"])
     # Before anything touches a jax backend.
     from flam_jax.train import distributed
 
@@ -88,6 +98,16 @@ def main(argv: list[str]) -> int:
     if jax.process_index() == 0:
         print(f"{result['status']} at step {result['step']}")
     return 0
+
+
+def _compile_only(config, workdir: str, topology: str) -> int:
+    # Compile-only devices come from libtpu; the host's own backend stays CPU, so this
+    # runs the same on a laptop, a GPU box or a TPU VM already busy with a job.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from flam_jax.train.aot import run_compile_only
+
+    print(f"resolved config written to {config_lib.write_resolved(config, workdir)}")
+    return run_compile_only(config, workdir, topology)
 
 
 def run() -> None:

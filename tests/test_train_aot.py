@@ -1,0 +1,151 @@
+"""Compile-only (train.aot): the full train step compiled for a TPU topology on this CPU host."""
+
+import functools
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from flam_jax import config as config_lib
+from flam_jax.errors import ConfigError
+from flam_jax.train import aot
+from flam_jax.train.main import main
+
+pytest.importorskip("libtpu", reason="compile-only needs libtpu (requirements-test.txt pins it)")
+
+GIB = 2**30
+REPORT_FIELDS = {f.name for f in aot.CompileReport.__dataclass_fields__.values()}
+
+
+def _json(workdir):
+    with open(workdir / "compile_report.json") as f:
+        return json.load(f)
+
+
+def test_cost_analysis_flops_are_per_device():
+    """A matmul split 4 ways reports a quarter of 2·M·K·N: the report multiplies by chips."""
+    devices = aot.topology_devices("v5e:2x2")
+    mesh = Mesh(np.asarray(devices).reshape(4), ("d",))
+    m, k, n = 512, 1024, 256
+    rows = NamedSharding(mesh, PartitionSpec("d"))
+    a = jax.ShapeDtypeStruct((m, k), jnp.bfloat16, sharding=rows)
+    b = jax.ShapeDtypeStruct((k, n), jnp.bfloat16, sharding=NamedSharding(mesh, PartitionSpec()))
+    compiled = jax.jit(lambda x, y: x @ y, out_shardings=rows).lower(a, b).compile()
+    assert aot._flops(compiled) == pytest.approx(2 * m * k * n / 4)
+
+
+def test_topology_devices_megacore_and_errors():
+    assert len(aot.topology_devices("v4:2x2x1")) == 4  # one device per chip, not per core
+    assert aot.topology_devices("v5e:2x2")[0].device_kind in aot.TPU_CHIPS
+    with pytest.raises(aot.CompileOnlyError, match="v9:2x2"):
+        aot.topology_devices("v9:2x2")
+
+
+def test_missing_libtpu_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "libtpu", None)  # import libtpu -> ImportError
+    with pytest.raises(aot.CompileOnlyError, match=r"pip install '\.\[tpu\]'") as err:
+        aot.topology_devices("v5e:2x2")
+    assert "\n" not in str(err.value)
+
+
+def test_remat_names_are_validated_and_match_both_towers():
+    from flam_jax.models.htsat import REMAT_POLICIES as AUDIO
+    from flam_jax.models.text import REMAT_POLICIES as TEXT
+
+    assert set(config_lib.REMAT_NAMES) == set(AUDIO) == set(TEXT)
+    for name in config_lib.REMAT_NAMES:
+        c = config_lib.base_config()
+        c.model.remat = name
+        config_lib.validate(c)
+    c.model.remat = "full"
+    with pytest.raises(ConfigError, match="model.remat"):
+        config_lib.validate(c)
+
+
+def test_compile_only_needs_a_topology(tmp_path, capsys):
+    argv = ["flam-train", "--config=experiments/cpu_demo.py:tiny", f"--workdir={tmp_path}", "--compile_only"]
+    assert main(argv) == 2
+    assert "--topology" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cpu_demo_compiles_for_v5e_2x2_with_a_full_report(tmp_path, capsys):
+    argv = [
+        "flam-train",
+        "--config=experiments/cpu_demo.py:tiny",
+        f"--workdir={tmp_path}",
+        "--compile_only",
+        "--topology=v5e:2x2",
+        "--config.model.text_weights=",
+        "--config.model.remat=none",
+        "--config.data.sed_clips=4",
+        "--config.data.global_batch=4",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = _json(tmp_path)
+    assert set(report) == REPORT_FIELDS
+    assert report["config_name"] == "cpu_demo" and report["topology"] == "v5e:2x2"
+    assert report["chips"] == 4 and report["chip"] == "v5e" and report["device_kind"] == "TPU v5 lite"
+    assert report["mesh"] == {"data": 4, "fsdp": 1}
+    assert report["remat"] == "none" and report["compute_dtype"] == "float32"
+    assert (report["sed_clips"], report["texts_per_clip"], report["global_batch"]) == (4, 2, 4)
+    assert report["examples_per_step"] == 8 and report["per_device_examples"] == 2
+    # The batch alone is 2 clips x 480000 float32 samples per chip (and the state more).
+    assert report["argument_bytes"] > 2 * 480_000 * 4
+    # The donated state comes back in place: outputs alias (nearly) all of it.
+    assert 0 < report["alias_bytes"] <= report["output_bytes"] <= report["argument_bytes"]
+    assert report["temp_bytes"] > 0 and report["code_bytes"] > 0
+    total = sum(report[k] for k in ("argument_bytes", "output_bytes", "temp_bytes", "code_bytes"))
+    assert report["total_bytes"] == total - report["alias_bytes"]
+    assert report["hbm_bytes"] == 16 * GIB and report["fits"] is True
+    assert report["peak_flops_per_chip"] == 197e12
+    # Forward + backward of two towers over 8 ten-second clips: well over 1 GFLOP/example.
+    assert report["flops_per_device"] > 1e9
+    assert report["flops_per_step"] == pytest.approx(4 * report["flops_per_device"])
+    assert report["flops_per_example"] == pytest.approx(report["flops_per_step"] / 8)
+    bound = report["flops_per_device"] / 197e12
+    assert report["step_time_lower_bound_s"] == pytest.approx(bound)
+    assert report["max_examples_per_s"] == pytest.approx(8 / bound)
+    assert report["compile_s"] > 0
+    markdown = (tmp_path / "compile_report.md").read_text()
+    for row in ("argument memory / chip", "temporary memory / chip", "total / chip", "FLOPs / example"):
+        assert row in markdown and row in out
+    assert "| fits | yes |" in markdown
+    assert "TPU_WORKER_HOSTNAMES" not in capsys.readouterr().err  # libtpu's noise is filtered
+
+
+def test_oversized_per_device_batch_is_reported_as_not_fitting(tmp_path, monkeypatch, capsys):
+    """Stand-in towers (a fast compile), 2^20 pairs per chip: its InfoNCE logits alone need > 16 GiB."""
+    import train_standins
+
+    from flam_jax.train import trainer
+
+    monkeypatch.setattr(trainer, "default_model_factory", train_standins.standin_model_factory)
+    monkeypatch.setattr(
+        aot,
+        "abstract_batch",
+        functools.partial(aot.abstract_batch, samples=train_standins.SAMPLES, frames=train_standins.FRAMES),
+    )
+    argv = [
+        "flam-train",
+        "--config=experiments/flam_global.py",
+        f"--workdir={tmp_path}",
+        "--compile_only",
+        "--topology=v5e:2x2",
+        "--config.mesh.fsdp=1",
+        f"--config.data.global_batch={4 * 2**20}",
+    ]
+    assert main(argv) == 2
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["global_batch"] == 4 * 2**20
+    assert not (tmp_path / "compile_report.json").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    message = [line for line in err if line.startswith("error:")]
+    assert len(message) == 1, err
+    assert "does not fit on v5e:2x2" in message[0]
+    for advice in ("per-device batch", "model.remat", "mesh.fsdp"):
+        assert advice in message[0]
