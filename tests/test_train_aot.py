@@ -149,3 +149,17 @@ def test_oversized_per_device_batch_is_reported_as_not_fitting(tmp_path, monkeyp
     assert "does not fit on v5e:2x2" in message[0]
     for advice in ("per-device batch", "model.remat", "mesh.fsdp"):
         assert advice in message[0]
+
+
+def test_global_only_objective_does_not_need_a_splittable_sed_batch():
+    """flam_global on 256 chips: its unused data.sed_clips must not stop the build."""
+    from flam_jax.train.objective import make_objective
+    from flam_jax.train.sharding import make_mesh
+
+    c = config_lib.validate(config_lib.load_experiment("experiments/flam_global.py"))
+    c.data.sed_clips, c.data.global_batch = 3, 8
+    mesh = make_mesh(c.mesh, jax.devices()[:8])
+    assert callable(make_objective(c, mesh))
+    c.loss.w_sed = 1.0  # now the SED batch is read, and 3 clips do not split over 8 devices
+    with pytest.raises(ConfigError, match="sed_clips=3"):
+        make_objective(c, mesh)

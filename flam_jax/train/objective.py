@@ -37,9 +37,10 @@ def sed_groups(config, mesh: Mesh) -> int:
 def make_objective(config, mesh: Mesh):
     """Build ``objective(model, batch)`` for this config and mesh."""
     settings = LossSettings.from_config(config.loss)
-    groups = sed_groups(config, mesh)
-    ring = groups == batch_shards(mesh) and groups > 1
     with_global, with_sed = uses_global(config), uses_sed(config)
+    # A global-only run (FLAM-Global) reads no SED batch: its size need not split.
+    groups = sed_groups(config, mesh) if with_sed else 1
+    ring = groups == batch_shards(mesh) and groups > 1
     if config.data.global_batch % batch_shards(mesh):
         raise ConfigError(
             f"data.global_batch={config.data.global_batch} must split over the {batch_shards(mesh)} devices"
