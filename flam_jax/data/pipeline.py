@@ -223,34 +223,6 @@ def sed_dataset(
     )
 
 
-def annotated_sed_dataset(
-    source: Sequence,
-    tokenizer: batches.TextTokenizer,
-    spec: batches.SedBatchSpec,
-    cfg: sim.SimulatorConfig,
-    *,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    num_epochs: int | None = None,
-    workers: int = 0,
-    buffer: int = 2,
-) -> grain.IterDataset:
-    """Like ``sed_dataset`` but from strongly labelled recordings (class names as texts)."""
-    return _sed_stream(
-        len(source),
-        _Annotated(source, cfg),
-        tokenizer,
-        spec,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        num_epochs=num_epochs,
-        workers=workers,
-        buffer=buffer,
-    )
-
-
 def global_dataset(
     pool: sim.ClipPool,
     tokenizer: batches.TextTokenizer,
