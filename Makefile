@@ -4,14 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: test demo lint format bench clean-venv
 
 # Re-install only when a requirements file or pyproject changes.
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-demo.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	$(PIP) install -q -r requirements.txt -r requirements-demo.txt -r requirements-test.txt
 	# openflam 1.0.2 pins torch<2.8 and numpy<2, which are stale: it runs with the
 	# pinned torch and numpy above, so install it without its declared dependencies.
 	$(PIP) install -q --no-deps openflam==1.0.2
@@ -29,9 +30,17 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: $(STAMP)
-	@echo "make demo: the demo pipeline is not built yet (issue: the main job)." >&2
-	@exit 2
+# The demo needs the runtime stack and MiniLM only (no torch, no test toolkits).
+$(DEMO_STAMP): requirements.txt requirements-demo.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt -r requirements-demo.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(DEMO_STAMP)
+
+# DEMO_ARGS, e.g. --synthetic or --workdir=runs/other (python -m flam_jax.demo --help).
+demo: $(DEMO_STAMP)
+	$(PY) -m flam_jax.demo $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -137,3 +137,5 @@ def test_demo_corpus_synthetic_fallback(tmp_path, capsys):
     summary = json.loads((tmp_path / "demo_corpus" / "summary.json").read_text())
     assert summary["source"] == "synthetic" and summary["clips"] == 8 * 25
     assert summary["backgrounds"] == 50 and summary["splits"]["validation"] > 0
+    # Two kinds are held out whole: the demo's open-vocabulary set exists without apt too.
+    assert summary["splits"]["novel"] == 2 * 25 and summary["unseen_captions"] == 2

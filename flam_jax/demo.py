@@ -1,0 +1,379 @@
+"""``make demo``: build the demo corpus, train FLAM and its ablation, evaluate, export, detect.
+
+    python -m flam_jax.demo [--workdir runs/demo] [--cache-dir ~/.cache/flam_jax] [--scale full|tiny]
+
+Every stage reuses what an earlier run finished: the corpus (its built TFDS dataset), each
+training run (its final checkpoint; an interrupted run resumes) and each export. The
+evaluation, the detection example and the summary are recomputed (about a minute).
+
+Held-out sets, both simulated with the training recipe from recordings never trained on:
+  seen   mixtures of validation recordings whose captions all occur in training;
+  novel  mixtures of recordings whose captions never occur in training (the corpus's
+         ``novel`` split plus validation recordings of unseen captions): open vocabulary,
+         carried by the pretrained text tower.
+Backgrounds of the validation split serve both sets (background captions are not queried).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from flam_jax.cli import report_errors
+from flam_jax.errors import DataError, InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALES = {
+    # scale: (experiment variant, mixtures per held-out set)
+    "full": ("", 200),
+    "tiny": ("tiny", 4),
+}
+SETS = ("seen", "novel")
+RUNS = (("flam", "FLAM"), ("no_per_text", "FLAM without per-text α, β"))
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
+    """The demo corpus's summary; builds corpus + TFDS dataset unless both already exist."""
+    from flam_jax.data import builders
+
+    summary_path = os.path.join(cache_dir, "demo_corpus", "summary.json")
+    data_dir = os.path.join(cache_dir, "tfds")
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
+        wanted = not synthetic or summary["source"] == "synthetic"
+        try:
+            builders.load("clips", data_dir, "train")
+            built = True
+        except DataError:
+            built = False  # corpus present but its dataset is not: build both again
+        if wanted and built:
+            say(f"corpus: reusing {os.path.dirname(summary_path)} ({summary['source']})")
+            return summary
+    say("corpus: building from Debian sound packages (about a minute)")
+    cmd = [sys.executable, os.path.join(ROOT, "data", "demo_corpus.py"), "--cache-dir", cache_dir, "--build"]
+    if synthetic:
+        cmd.append("--synthetic")
+    _run(cmd, "building the demo corpus")
+    with open(summary_path) as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def experiment_spec(variant: str, ablation: bool) -> str:
+    parts = [p for p in (variant, "ablation" if ablation else "") if p]
+    return os.path.join(ROOT, "experiments", "cpu_demo.py") + (":" + ",".join(parts) if parts else "")
+
+
+def train(spec: str, workdir: str, data_dir: str) -> int:
+    """Train (or resume) ``spec`` in ``workdir``; returns the final step. A finished run is reused."""
+    from flam_jax.config import load_experiment
+    from flam_jax.export.params import checkpoint_steps
+
+    steps = load_experiment(spec).train.steps
+    done = checkpoint_steps(workdir) if os.path.isdir(workdir) else []
+    if done and done[-1] >= steps:
+        say(f"training: reusing {workdir} (step {done[-1]})")
+        return done[-1]
+    resume = f", resuming at step {done[-1]}" if done else ""
+    say(f"training {os.path.basename(spec)} in {workdir}{resume}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "flam_jax.train.main",
+        f"--config={spec}",
+        f"--workdir={workdir}",
+        f"--config.data.dir={data_dir}",
+    ]
+    _run(cmd, f"training in {workdir}")
+    done = checkpoint_steps(workdir)
+    if not done or done[-1] < steps:
+        raise DataError(f"training in {workdir} stopped before step {steps} (rerun make demo to resume)")
+    return done[-1]
+
+
+def export(workdir: str, out_dir: str, step: int) -> str:
+    from flam_jax.export.params import export_workdir
+
+    marker = os.path.join(out_dir, "config.json")
+    if os.path.exists(marker) and os.path.getmtime(marker) >= _checkpoint_mtime(workdir, step):
+        say(f"export: reusing {out_dir}")
+        return out_dir
+    export_workdir(workdir, out_dir, step=step)
+    say(f"export: step {step} → {out_dir}")
+    return out_dir
+
+
+def _checkpoint_mtime(workdir: str, step: int) -> float:
+    return os.path.getmtime(os.path.join(workdir, "checkpoints", str(step)))
+
+
+def _run(cmd: list[str], what: str) -> None:
+    # Output streams straight through: the trainer's progress line is the demo's.
+    out = subprocess.run(cmd, cwd=ROOT, env=_child_env(), check=False)
+    if out.returncode != 0:
+        raise DataError(f"{what} failed (exit {out.returncode}); see the output above")
+
+
+def _child_env() -> dict:
+    # The test stack installs libtpu (compile-only checks); without a TPU it only prints
+    # warnings, so the demo asks jax for the CPU unless the caller chose a platform.
+    return dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+
+
+# --------------------------------------------------------------------------- held-out sets
+
+
+def _is_background(record) -> bool:
+    from flam_jax.data.simulate import is_background
+
+    return is_background([t.decode() if isinstance(t, bytes) else str(t) for t in record.get("tags", ())])
+
+
+class Subset:
+    """A read-only view of chosen records of several sources (the sequence RecordPool reads)."""
+
+    def __init__(self, records: list[tuple[object, int]]):
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: int):
+        source, index = self._records[i]
+        return source[index]
+
+
+def held_out_sets(data_dir: str) -> dict[str, Subset]:
+    """{"seen": ..., "novel": ...} over the corpus's validation and novel splits."""
+    from flam_jax.data import builders
+    from flam_jax.data.batches import normalise_caption
+    from flam_jax.data.pipeline import record_captions
+
+    def captions(record) -> set[str]:
+        return {normalise_caption(c) for c in record_captions(record)}
+
+    train = builders.load("clips", data_dir, "train")
+    trained = set().union(*(captions(train[i]) for i in range(len(train))))
+    sets = {name: [] for name in SETS}
+    for split in ("validation", "novel"):
+        try:
+            source = builders.load("clips", data_dir, split)
+        except DataError:
+            continue  # a corpus without this split (an older build)
+        for i in range(len(source)):
+            record = source[i]
+            if _is_background(record):
+                if split == "validation":
+                    sets["seen"].append((source, i))
+                    sets["novel"].append((source, i))
+                continue
+            own = captions(record)
+            if own <= trained:
+                sets["seen"].append((source, i))
+            elif not own & trained:
+                sets["novel"].append((source, i))
+    for name, records in sets.items():
+        if all(_is_background(s[i]) for s, i in records):
+            raise DataError(f"the demo corpus has no held-out recordings for the {name!r} set")
+    return {name: Subset(records) for name, records in sets.items()}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclasses.dataclass
+class Row:
+    run: str
+    label: str
+    set: str
+    metrics: dict
+
+
+def evaluate(export_dir: str, sets: dict[str, Subset], mixtures: int, out_dir: str, run: str, label: str):
+    from flam_jax.evals.benchmarks import get_benchmark
+    from flam_jax.evals.report import write_report
+    from flam_jax.evals.runner import run_simulated
+    from flam_jax.infer.api import FLAM
+
+    model = FLAM.load(export_dir)
+    rows = []
+    for name, source in sets.items():
+        bench = get_benchmark("simulated")
+        metrics, curves, examples = run_simulated(model, source, bench, 8, False, mixtures, seed=0)
+        result = {"benchmark": f"demo-{name}", "split": name, "task": bench.task, "metrics": metrics}
+        write_report(os.path.join(out_dir, name), result, curves, examples)
+        rows.append(Row(run, label, name, metrics))
+        say(f"evaluated {label} on {name}: frame AUROC {metrics['frame_auroc']:.3f}")
+    return rows
+
+
+def detection_example(export_dir: str, source: Subset, out_dir: str, novel_query: str) -> dict:
+    """Simulate one held-out mixture, run flam-detect on it and write its PNG and JSON."""
+    import soundfile
+
+    from flam_jax.data.pipeline import RecordPool
+    from flam_jax.evals.hook import simulate_mixtures
+    from flam_jax.infer import detect
+
+    pool = RecordPool(source)
+    candidates = simulate_mixtures(pool, 16, seed=7)
+    # The mixture with the most distinct captions makes the clearest picture.
+    mixture = max(candidates, key=lambda m: len(set(m.captions)))
+    os.makedirs(out_dir, exist_ok=True)
+    wav = os.path.join(out_dir, "mixture.wav")
+    soundfile.write(wav, mixture.audio, 48_000)
+    truth = []
+    for caption, row in zip(mixture.captions, mixture.labels, strict=True):
+        active = np.flatnonzero(row)
+        if active.size:
+            truth.append({"caption": caption, "frames": [int(active[0]), int(active[-1]) + 1]})
+    queries = list(dict.fromkeys(mixture.captions))
+    if novel_query and novel_query not in queries:
+        queries.append(novel_query)  # a sound that is not there: it should stay low
+    with open(os.path.join(out_dir, "truth.json"), "w") as f:
+        json.dump({"captions": truth, "frame_rate_hz": mixture.labels.shape[1] / 10.0}, f, indent=1)
+    argv = [wav, "--model", export_dir, "--plot", os.path.join(out_dir, "detection.png")]
+    argv += ["--json", os.path.join(out_dir, "detection.json")]
+    for q in queries:
+        argv += ["-q", q]
+    say("flam-detect " + " ".join(_quote(a) for a in argv))
+    if detect.main(argv) != 0:
+        raise InputError("flam-detect failed on the demo mixture")
+    return {"wav": wav, "queries": queries, "png": os.path.join(out_dir, "detection.png")}
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if " " in arg else arg
+
+
+# --------------------------------------------------------------------------- summary
+
+COLUMNS = (
+    ("frame AUROC", "frame_auroc_micro"),
+    ("PSDS1", "psds1"),
+    ("frame F1@0.5", "frame_f1_macro_at_0.5"),
+    ("event F1@0.5", "intersection_f1_macro"),
+)
+
+
+def summary_table(rows: list[Row]) -> str:
+    head = "| held-out set | model | " + " | ".join(c for c, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for row in rows:
+        values = [row.metrics.get(key, float("nan")) for _, key in COLUMNS]
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        lines.append(f"| {row.set} ({row.metrics['clips']} mixtures) | {row.label} | {cells} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_demo(workdir: str, cache_dir: str, scale: str, synthetic: bool = False) -> dict:
+    if scale not in SCALES:
+        raise InputError(f"unknown scale {scale!r} (use {' or '.join(SCALES)})")
+    variant, mixtures = SCALES[scale]
+    clock = {"start": time.time()}
+    summary = ensure_corpus(cache_dir, synthetic)
+    data_dir = os.path.join(cache_dir, "tfds")
+    clock["corpus"] = time.time()
+    _claim_workdir(workdir, summary["source"])
+    exports = {}
+    for name, _ in RUNS:
+        run_dir = os.path.join(workdir, name)
+        step = train(experiment_spec(variant, name != "flam"), run_dir, data_dir)
+        exports[name] = export(run_dir, os.path.join(run_dir, "export"), step)
+        clock[f"train_{name}"] = time.time()
+    sets = held_out_sets(data_dir)
+    rows = []
+    for name, label in RUNS:
+        rows += evaluate(exports[name], sets, mixtures, os.path.join(workdir, "eval", name), name, label)
+    clock["evaluate"] = time.time()
+    novel = _first_caption(sets["novel"])
+    example = detection_example(exports["flam"], sets["seen"], os.path.join(workdir, "detect"), novel)
+    clock["detect"] = time.time()
+    table = summary_table(rows)
+    result = {
+        "corpus": summary.get("source", ""),
+        "scale": scale,
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "detection": example,
+        "exports": exports,
+        "seconds": {k: round(v - clock["start"], 1) for k, v in clock.items() if k != "start"},
+    }
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    with open(os.path.join(workdir, "summary.md"), "w") as f:
+        f.write(table + "\n")
+    print()
+    print(f"corpus: {result['corpus']}   total {result['seconds']['detect']:.0f} s")
+    print(table)
+    print("\nwrote:")
+    for path in (
+        *exports.values(),
+        os.path.join(workdir, "eval"),
+        example["png"],
+        os.path.join(workdir, "summary.md"),
+        os.path.join(workdir, "summary.json"),
+    ):
+        print(f"  {path}")
+    return result
+
+
+def _claim_workdir(workdir: str, corpus: str) -> None:
+    """Runs trained on one corpus are never reused with another."""
+    path = os.path.join(workdir, "corpus.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            trained_on = json.load(f)["source"]
+        if trained_on != corpus:
+            raise InputError(
+                f"{workdir} holds runs trained on the {trained_on} corpus, not {corpus}: "
+                "use another --workdir or delete it"
+            )
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"source": corpus}, f)
+
+
+def _first_caption(source: Subset) -> str:
+    from flam_jax.data.pipeline import record_captions
+
+    for i in range(len(source)):
+        record = source[i]
+        if not _is_background(record):
+            return record_captions(record)[0]
+    return ""
+
+
+@report_errors
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="flam-demo", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", default="runs/demo", help="where runs, exports and reports go")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/flam_jax"), help="corpus cache")
+    p.add_argument("--scale", default="full", help="full (the demo) or tiny (a few steps, for CI)")
+    p.add_argument("--synthetic", action="store_true", help="synthesised events instead of Debian packages")
+    args = p.parse_args(argv)
+    run_demo(args.workdir, args.cache_dir, args.scale, args.synthetic)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

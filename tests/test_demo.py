@@ -1,0 +1,106 @@
+"""``make demo`` at tiny scale: corpus fallback → two trainings → export → evaluation → detect.
+
+The corpus is the synthesised fallback (CI has no Debian sound packages); the training runs
+are ``cpu_demo.py:tiny`` and ``cpu_demo.py:tiny,ablation`` through ``flam-train``, with the
+real model (MiniLM-L6's real weights), losses and Grain pipeline.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo")
+    cache, workdir = base / "cache", base / "run"
+    # One device; LLVM optimisation off: compiling the full model dominates a 3-step run.
+    xla = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+    env = dict(os.environ, XLA_FLAGS=xla, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "flam_jax.demo", "--scale=tiny", "--synthetic"]
+    cmd += [f"--cache-dir={cache}", f"--workdir={workdir}"]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return cache, workdir, out.stdout
+
+
+def test_demo_prints_its_table_and_writes_what_it_lists(demo):
+    _, workdir, stdout = demo
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["corpus"] == "synthetic"
+    assert [(r["run"], r["set"]) for r in summary["rows"]] == [
+        ("flam", "seen"),
+        ("flam", "novel"),
+        ("no_per_text", "seen"),
+        ("no_per_text", "novel"),
+    ]
+    for row in summary["rows"]:
+        auroc = row["metrics"]["frame_auroc_micro"]
+        assert 0.0 <= auroc <= 1.0 and not math.isnan(auroc), row
+        assert f"| {row['label']} | {auroc:.3f} |" in stdout
+    # The novel set's queries are captions no training clip has.
+    corpus = workdir.parent / "cache" / "demo_corpus"
+    unseen = set((corpus / "unseen_captions.txt").read_text().split("\n")) - {""}
+    assert unseen == {"a bell ringing", "rapid knocking"}
+    png = workdir / "detect" / "detection.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    detection = json.loads((workdir / "detect" / "detection.json").read_text())
+    queries = [q["text"] for q in detection["results"][0]["queries"]]
+    assert queries == summary["detection"]["queries"] and queries[-1] in unseen
+    for path in (*summary["exports"].values(), png, workdir / "summary.md"):
+        assert str(path) in stdout
+
+
+def test_demo_trainings_differ_only_in_the_per_text_terms(demo):
+    _, workdir, _ = demo
+    flam = json.loads((workdir / "flam" / "config.json").read_text())
+    ablation = json.loads((workdir / "no_per_text" / "config.json").read_text())
+    assert flam["model"]["per_text_scale"] and flam["model"]["per_text_bias"]
+    assert not ablation["model"]["per_text_scale"] and not ablation["model"]["per_text_bias"]
+    assert flam["model"]["text_tower"] == "minilm-l6"
+    for run in ("flam", "no_per_text"):
+        rows = [json.loads(line) for line in open(workdir / run / "metrics.jsonl")]
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        for key in ("loss", "clip_loss", "sed_loss", "prior_loss", "grad_norm", "lr"):
+            assert all(r[key] == r[key] for r in rows), key  # present and not NaN
+        assert os.path.isdir(workdir / run / "checkpoints" / "3" / "state")
+        assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / run / "tensorboard"))
+
+
+def test_demo_ablation_export_has_constant_per_text_terms(demo):
+    from flam_jax.infer.api import FLAM
+
+    _, workdir, _ = demo
+    model = FLAM.load(workdir / "no_per_text" / "export")
+    text = model.embed_text(["a bell ringing", "steady rain"])
+    np.testing.assert_array_equal(np.asarray(text.alpha), 1.0)
+    np.testing.assert_array_equal(np.asarray(text.beta), 0.0)
+
+
+def test_second_run_reuses_corpus_training_and_exports(demo, capsys):
+    from flam_jax import demo as demo_lib
+
+    cache, workdir, _ = demo
+    before = os.path.getmtime(cache / "demo_corpus" / "summary.json")
+    demo_lib.ensure_corpus(str(cache), synthetic=True)
+    spec = demo_lib.experiment_spec("tiny", ablation=False)
+    step = demo_lib.train(spec, str(workdir / "flam"), str(cache / "tfds"))
+    demo_lib.export(str(workdir / "flam"), str(workdir / "flam" / "export"), step)
+    out = capsys.readouterr().out
+    assert step == 3 and out.count("reusing") == 3, out
+    assert os.path.getmtime(cache / "demo_corpus" / "summary.json") == before
+
+
+def test_unknown_scale_is_one_line_error(capsys):
+    from flam_jax import demo as demo_lib
+
+    assert demo_lib.main(["--scale=huge", "--workdir=/nonexistent/x"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown scale 'huge' (use full or tiny)"
