@@ -33,15 +33,18 @@ def get_config(arg: str | None = None):
     # (the step itself measured ~2.5 GB with SED 4 + global 4).
     c.model.remat = "block"
     c.data.dir = os.path.expanduser("~/.cache/flam_jax/tfds")
-    c.data.sed_clips = 4
+    # Most of each step goes to the SED batch: at the same step time, 8 mixtures + 4 pairs
+    # (lr 5e-4) reached validation frame AUROC 0.765 at step 100, 4 + 8 only 0.71-0.72
+    # (lr 1e-3 or 3e-4).
+    c.data.sed_clips = 8
     c.data.texts_per_clip = 5
-    c.data.global_batch = 8
-    c.optim.lr = 3e-4
+    c.data.global_batch = 4
+    c.optim.lr = 5e-4
     c.optim.low_lr = r"^text/"  # the pretrained text tower moves slower than the new parts
     c.optim.low_lr_factor = 0.1
     c.optim.warmup_steps = 30
     c.optim.clip_norm = 1.0
-    c.train.steps = 250
+    c.train.steps = 300
     c.train.log_every = 10
     c.train.eval_every = 100
     c.train.eval_mixtures = 16
