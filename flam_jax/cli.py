@@ -22,18 +22,3 @@ def report_errors(main: Callable[..., int | None]) -> Callable[..., int]:
         return 0 if code is None else int(code)
 
     return wrapped
-
-
-def not_built(command: str, issue: str) -> Callable[[], int]:
-    """A console-script main for a command whose issue has not landed."""
-
-    @report_errors
-    def main() -> int:
-        from flam_jax.errors import NotBuiltError
-
-        raise NotBuiltError(f"{command} is not built yet ({issue})")
-
-    def entry() -> None:
-        sys.exit(main())
-
-    return entry

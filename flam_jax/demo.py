@@ -365,7 +365,7 @@ def _first_caption(source: Subset) -> str:
 
 @report_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="flam-demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m flam_jax.demo", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="runs/demo", help="where runs, exports and reports go")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/flam_jax"), help="corpus cache")
     p.add_argument("--scale", default="full", help="full (the demo) or tiny (a few steps, for CI)")

@@ -36,7 +36,3 @@ class ModelLoadError(FlamError):
 
 class DataError(FlamError):
     """A dataset, manifest or data pipeline is malformed or exceeded its error budget."""
-
-
-class NotBuiltError(FlamError):
-    """A command whose implementation has not landed yet."""
