@@ -62,11 +62,17 @@ def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
         if wanted and built:
             say(f"corpus: reusing {os.path.dirname(summary_path)} ({summary['source']})")
             return summary
-    say("corpus: building from Debian sound packages (about a minute)")
     cmd = [sys.executable, os.path.join(ROOT, "data", "demo_corpus.py"), "--cache-dir", cache_dir, "--build"]
     if synthetic:
-        cmd.append("--synthetic")
-    _run(cmd, "building the demo corpus")
+        say("corpus: synthesising captioned events (--synthetic)")
+        _run([*cmd, "--synthetic"], "building the synthetic demo corpus")
+    else:
+        say("corpus: building from Debian sound packages (about a minute)")
+        try:
+            _run(cmd, "building the demo corpus")
+        except DataError as err:  # apt present but the archive unreachable, say
+            say(f"corpus: {err}; falling back to synthesised captioned events")
+            _run([*cmd, "--synthetic"], "building the synthetic demo corpus")
     with open(summary_path) as f:
         return json.load(f)
 

@@ -104,3 +104,22 @@ def test_unknown_scale_is_one_line_error(capsys):
 
     assert demo_lib.main(["--scale=huge", "--workdir=/nonexistent/x"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown scale 'huge' (use full or tiny)"
+
+
+def test_corpus_falls_back_to_synthetic_when_the_debian_build_fails(tmp_path, monkeypatch, capsys):
+    from flam_jax import demo as demo_lib
+    from flam_jax.errors import DataError
+
+    calls = []
+
+    def fake_run(cmd, what):
+        calls.append(cmd)
+        if "--synthetic" not in cmd:
+            raise DataError(f"{what} failed (exit 2); see the output above")
+        (tmp_path / "demo_corpus").mkdir()
+        (tmp_path / "demo_corpus" / "summary.json").write_text('{"source": "synthetic"}')
+
+    monkeypatch.setattr(demo_lib, "_run", fake_run)
+    assert demo_lib.ensure_corpus(str(tmp_path), synthetic=False) == {"source": "synthetic"}
+    assert len(calls) == 2 and "--synthetic" in calls[1]
+    assert "falling back to synthesised captioned events" in capsys.readouterr().out
