@@ -115,7 +115,7 @@ def test_export_round_trip_and_stablehlo(workdir, tmp_path):
     np.testing.assert_allclose(got["approx"], flam.frame_scores(audio, text, "approximate"), atol=1e-5)
 
 
-def test_export_bfloat16_and_explicit_step(workdir, tmp_path):
+def test_export_bfloat16_and_explicit_step(workdir, tmp_path, monkeypatch):
     import ml_dtypes
     from safetensors.numpy import load_file
 
@@ -124,7 +124,10 @@ def test_export_bfloat16_and_explicit_step(workdir, tmp_path):
 
     root, model = workdir
     out = tmp_path / "bf16"
-    assert export_main(["--workdir", str(root), "--out", str(out), "--dtype", "bfloat16", "--step", "1"]) == 0
+    # Relative paths, as typed in a shell (`flam-export --workdir=runs/demo`).
+    monkeypatch.chdir(root.parent)
+    argv = ["--workdir", root.name, "--out", os.path.relpath(out, root.parent), "--dtype", "bfloat16"]
+    assert export_main([*argv, "--step", "1"]) == 0
     stored = load_file(str(out / "params.safetensors"))
     assert all(v.dtype == ml_dtypes.bfloat16 for v in stored.values())
     loaded = get_weights(FLAM.load(str(out)).model)

@@ -53,6 +53,8 @@ def restore_weights(state_dir: str) -> dict[str, np.ndarray]:
     """{dotted name: numpy array} of the params and extra collections of a saved TrainState."""
     import orbax.checkpoint as ocp
 
+    # Orbax reads a relative path's metadata as missing (a TypeError deep inside).
+    state_dir = os.path.abspath(state_dir)
     try:
         checkpointer = ocp.PyTreeCheckpointer()
         meta = checkpointer.metadata(state_dir)
