@@ -62,6 +62,33 @@ def test_shared_captions_are_one_text_positive_wherever_they_sound():
     assert np.all(batch["text_attention"].sum(1) >= 1)
 
 
+def test_other_captions_of_a_sounding_clip_are_positive_too():
+    from flam_jax.evals.hook import mixture_queries
+
+    m0 = mixture(["a cymbal", "rain"], [frames(3, 4), frames(0)])
+    m0.synonyms = [("a cymbal", "a hi-hat cymbal"), ("rain",)]
+    m1 = mixture(["a hi-hat cymbal"], [frames(7)])  # no synonyms known: its caption only
+    spec = B.SedBatchSpec(groups=1, clips_per_group=2, texts_per_clip=5)
+    batch = B.sed_batch([m0, m1], FakeTokenizer(), spec)
+    hihat = int(np.flatnonzero(batch["caption_ids"] == B.caption_id("a hi-hat cymbal"))[0])
+    cymbal = int(np.flatnonzero(batch["caption_ids"] == B.caption_id("a cymbal"))[0])
+    np.testing.assert_array_equal(batch["labels"][0, hihat], frames(3, 4))
+    np.testing.assert_array_equal(batch["labels"][1, hihat], frames(7))
+    np.testing.assert_array_equal(batch["labels"][1, cymbal], frames())
+    # Evaluation queries: every caption of a sounding clip, each positive where it sounds.
+    queries, labels = mixture_queries([m0, m1])
+    assert queries == ["a cymbal", "a hi-hat cymbal", "rain"]
+    np.testing.assert_array_equal(labels[0, 1], frames(3, 4))
+    np.testing.assert_array_equal(labels[1, 0], frames())
+
+
+def test_simulated_events_carry_every_caption_of_their_clip():
+    pool = sim.ClipPool([["a cymbal", "a hi-hat cymbal"]], [[]], ["hat"])
+    pool._load = lambda index: np.full(24_000, 0.3, np.float32)
+    m = sim.simulate(pool, np.random.default_rng(0), sim.SimulatorConfig(max_events=1), primary=0)
+    assert m.synonyms == [("a cymbal", "a hi-hat cymbal")] and m.event_captions(0)[0] == m.captions[0]
+
+
 def test_groups_are_self_contained_blocks():
     m = [
         mixture(["a"], [frames(0)], 0.1),

@@ -4,7 +4,8 @@ The SED batch is split into ``groups`` self-contained device blocks (see
 /tmp/interfaces.md, "Data"): block g holds ``clips_per_group`` mixtures and up to
 ``texts_per_clip * clips_per_group`` texts, all drawn from its own mixtures, and
 ``labels[i, j]`` says where text j of row i's block is active in mixture i. A caption
-present in several mixtures of the block is one text, positive wherever it sounds.
+present in several mixtures of the block is one text, positive wherever it sounds, also
+where it is another caption of a sounding clip (``Mixture.synonyms``).
 """
 
 import dataclasses
@@ -103,9 +104,9 @@ def sed_batch(mixtures: Sequence[Mixture], tokenizer: TextTokenizer, spec: SedBa
                 raise DataError(f"SED batch: mixture audio has shape {mixture.audio.shape}")
             audio[row] = mixture.audio
             audio_mask[row] = True
-            for caption, frames in zip(mixture.captions, mixture.labels, strict=True):
-                j = slot.get(normalise_caption(caption))
-                if j is not None:
+            for k, frames in enumerate(mixture.labels):
+                # A text that is another caption of the event's clip is true there too.
+                for j in {slot.get(normalise_caption(c)) for c in mixture.event_captions(k)} - {None}:
                     labels[row, j] |= frames.astype(np.uint8)
     ids, attention = tokenizer.encode(texts)
     return {

@@ -80,6 +80,14 @@ class Mixture:
     sources: list[str]  # per event, the clip it came from
     background: str  # the background clip, or "noise"
     decode_errors: list[str] = dataclasses.field(default_factory=list)  # sources that failed
+    # Per event, every caption of its clip ("a cymbal", "a hi-hat cymbal"): each one is a
+    # true description of those frames. Empty: only ``captions`` are known.
+    synonyms: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+
+    def event_captions(self, k: int) -> tuple[str, ...]:
+        """Every caption that is true of event ``k`` (its drawn caption first)."""
+        extra = self.synonyms[k] if self.synonyms else ()
+        return (self.captions[k], *(c for c in extra if c != self.captions[k]))
 
 
 @dataclasses.dataclass
@@ -295,6 +303,7 @@ class PlacedEvent:
     pieces: list[Piece]
     onset: int  # samples
     gain: float  # linear amplitude gain
+    synonyms: tuple[str, ...] = ()  # every caption of the source clip
 
 
 def _fits(occupancy, pieces, onset, cfg) -> bool:
@@ -433,6 +442,7 @@ def simulate(
         sources=[e.source for e in placed],
         background=background_name,
         decode_errors=errors,
+        synonyms=[e.synonyms for e in placed],
     )
 
 
@@ -450,7 +460,7 @@ def _make_event(pool, index, wave, weighted, rng, cfg) -> PlacedEvent:
     pieces = _event_pieces(wave, weighted, mode, rng, cfg)
     offset_db = rng.uniform(*cfg.event_db)
     gain = 10.0 ** ((cfg.background_db + offset_db - _loud_part_db(pieces, cfg)) / 20.0)
-    return PlacedEvent(caption, pool.name(index), pieces, onset=0, gain=float(gain))
+    return PlacedEvent(caption, pool.name(index), pieces, onset=0, gain=float(gain), synonyms=tuple(captions))
 
 
 def simulate_index(pool: ClipPool, seed: int, index: int, cfg: SimulatorConfig) -> Mixture:

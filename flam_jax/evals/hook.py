@@ -3,9 +3,11 @@
     mixtures = simulate_mixtures(pool, count=64, seed=1234)   # fixed once
     eval_fn = validation_hook(mixtures, tokenizer)            # trainer calls eval_fn(model, step)
 
-Queries are the distinct (normalised) captions of all mixtures; a mixture's label for a
-query is the OR of the frame labels of its events with that caption, so every other
-mixture's caption is a negative query (open vocabulary: AUROC pooled, "micro").
+Queries are the distinct (normalised) captions of all mixtures' events, every caption of
+each event's clip included; a mixture's label for a query is the OR of the frame labels of
+its events that the query describes (any caption of the event's clip: "a cymbal" is true
+of a hi-hat recording captioned "a hi-hat cymbal" too), so every other caption is a
+negative query (open vocabulary: AUROC pooled, "micro").
 """
 
 from collections.abc import Callable, Sequence
@@ -32,15 +34,17 @@ def mixture_queries(mixtures: Sequence[sim.Mixture]) -> tuple[list[str], np.ndar
     """(queries, labels [mixtures, queries, frames] uint8) over the mixtures' distinct captions."""
     spelling: dict[str, str] = {}
     for m in mixtures:
-        for caption in m.captions:
-            spelling.setdefault(normalise_caption(caption), caption)
+        for k in range(len(m.captions)):
+            for caption in m.event_captions(k):
+                spelling.setdefault(normalise_caption(caption), caption)
     keys = sorted(spelling)
     column = {k: j for j, k in enumerate(keys)}
     frames = mixtures[0].labels.shape[1] if mixtures and mixtures[0].labels.size else 32
     labels = np.zeros((len(mixtures), len(keys), frames), dtype=np.uint8)
     for i, m in enumerate(mixtures):
-        for caption, row in zip(m.captions, m.labels, strict=True):
-            labels[i, column[normalise_caption(caption)]] |= row.astype(np.uint8)
+        for k, row in enumerate(m.labels):
+            for caption in m.event_captions(k):
+                labels[i, column[normalise_caption(caption)]] |= row.astype(np.uint8)
     return [spelling[k] for k in keys], labels
 
 
