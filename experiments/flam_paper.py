@@ -8,7 +8,8 @@ split over). Start from converted openflam parameters with
 ``--config.train.init_from=EXPORT_DIR`` (flam-convert-openflam), or from pretrained
 towers with ``--config.model.text_weights=ROBERTA_DIR`` (and FLAM-Global's export).
 
-Variants: "" (the paper), "ablation" (per-text α/β off: constant scale 1, bias 0).
+Variants: "" (the paper), "ablation" (no per-text α/β: one learned scale and bias shared
+by every text).
 """
 
 from flam_jax.config import base_config

@@ -35,8 +35,8 @@ def base_config() -> ConfigDict:
     c.model.text_weights = ""  # local HF directory with pretrained text weights; "" = random
     c.model.tokenizer = ""  # tokenizer file or directory for training; "" = model.text_weights
     c.model.embed_dim = 512
-    c.model.per_text_scale = True  # ablation switch: alpha = exp(MLP) vs the constant 1
-    c.model.per_text_bias = True  # ablation switch: beta = MLP vs the constant 0
+    c.model.per_text_scale = True  # ablation switch: alpha = exp(MLP) vs one learned scalar
+    c.model.per_text_bias = True  # ablation switch: beta = MLP vs one learned scalar
     c.model.compute_dtype = "float32"  # activations; parameters are always float32
     c.model.remat = "none"  # activation checkpointing of both towers: one of REMAT_NAMES
     c.model.context_length = 77

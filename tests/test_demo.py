@@ -75,14 +75,17 @@ def test_demo_trainings_differ_only_in_the_per_text_terms(demo):
         assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / run / "tensorboard"))
 
 
-def test_demo_ablation_export_has_constant_per_text_terms(demo):
+def test_demo_ablation_export_shares_one_scale_and_bias_across_texts(demo):
     from flam_jax.infer.api import FLAM
 
     _, workdir, _ = demo
-    model = FLAM.load(workdir / "no_per_text" / "export")
-    text = model.embed_text(["a bell ringing", "steady rain"])
-    np.testing.assert_array_equal(np.asarray(text.alpha), 1.0)
-    np.testing.assert_array_equal(np.asarray(text.beta), 0.0)
+    ablation = FLAM.load(workdir / "no_per_text" / "export")
+    text = ablation.embed_text(["a bell ringing", "steady rain", "a low hum"])
+    assert np.ptp(text.alpha) == 0.0 and np.ptp(text.beta) == 0.0
+    # Learned, not the initial constants: three steps of Adam moved them.
+    assert text.alpha[0] != np.float32(10.0) and text.beta[0] != np.float32(-8.0)
+    per_text = FLAM.load(workdir / "flam" / "export").embed_text(["a bell ringing", "steady rain"])
+    assert per_text.alpha[0] != per_text.alpha[1] and per_text.beta[0] != per_text.beta[1]
 
 
 def test_second_run_reuses_corpus_training_and_exports(demo, capsys):

@@ -71,16 +71,24 @@ def test_torch_default_init_bounds():
 
 
 @pytest.mark.parametrize("scale,bias", [(False, True), (True, False), (False, False)])
-def test_ablation_switches_remove_heads(scale, bias):
+def test_ablation_switches_share_one_learned_term_across_texts(scale, bias):
     model = small_model(per_text_scale=scale, per_text_bias=bias)
     names = weight_shapes(model)
     assert any(k.startswith("scale_head.") for k in names) == scale
     assert any(k.startswith("bias_head.") for k in names) == bias
+    assert ("shared_log_scale" in names) != scale and ("shared_bias" in names) != bias
     _, alpha, beta = embed_text(model, *_text_inputs())
+    assert alpha.dtype == beta.dtype == np.float32
     if not scale:
-        np.testing.assert_array_equal(alpha, 1.0)
+        np.testing.assert_allclose(alpha, 10.0, rtol=1e-6)  # the head's initial value, every text
     if not bias:
-        np.testing.assert_array_equal(beta, 0.0)
+        np.testing.assert_array_equal(beta, -8.0)
+    # The shared terms are parameters: a step of SGD on a loss of α and β moves them.
+    grads = nnx.grad(lambda m: sum(x.sum() for x in embed_text(m, *_text_inputs())[1:]))(model)
+    leaves = dict(nnx.to_flat_state(grads))
+    for name, on in (("shared_log_scale", not scale), ("shared_bias", not bias)):
+        if on:
+            assert float(leaves[(name,)][...]) != 0.0
 
 
 def test_global_is_projected_mean_of_frames_not_mean_of_projected():

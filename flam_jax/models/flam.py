@@ -76,8 +76,11 @@ def _gelu(x):
 class FlamModel(nnx.Module):
     """``embed_audio`` / ``embed_text`` / ``frame_scores``; outputs are float32.
 
-    With ``per_text_scale=False`` (``per_text_bias=False``) the head is absent and α = 1
-    (β = 0), the ablations of the paper.
+    With ``per_text_scale=False`` (``per_text_bias=False``) the head is replaced by one
+    learned scalar shared by every text, initialised like the head (α = 10, β = −8): the
+    paper's ablations, which keep a calibrated scale and prior but not per text. (Constants
+    1 and 0 would bound the frame logits to cos ∈ [−1, 1], and such a model cannot fit a
+    2 % prior at all.)
     """
 
     def __init__(
@@ -100,8 +103,15 @@ class FlamModel(nnx.Module):
             audio_cfg.out_dim, embed_dim, embed_dim, _relu, dtype=dtype, rngs=rngs
         )
         self.text_projection = TwoLayerMLP(width, embed_dim, embed_dim, _relu, dtype=dtype, rngs=rngs)
-        self.scale_head = _head(width, math.log(SCALE_INIT), dtype, rngs) if per_text_scale else None
-        self.bias_head = _head(width, BIAS_INIT, dtype, rngs) if per_text_bias else None
+        if per_text_scale:
+            self.scale_head = _head(width, math.log(SCALE_INIT), dtype, rngs)
+        else:
+            self.shared_log_scale = nnx.Param(jnp.asarray(math.log(SCALE_INIT), jnp.float32))
+        if per_text_bias:
+            self.bias_head = _head(width, BIAS_INIT, dtype, rngs)
+        else:
+            self.shared_bias = nnx.Param(jnp.asarray(BIAS_INIT, jnp.float32))
+        self.per_text_scale, self.per_text_bias = per_text_scale, per_text_bias
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1.0 / TEMPERATURE_INIT), jnp.float32))
 
     def embed_audio(
@@ -117,9 +127,15 @@ class FlamModel(nnx.Module):
     def heads(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(α [N], β [N]) from pooled text features [N, hidden]."""
         n = pooled.shape[0]
-        alpha = jnp.exp(self.scale_head(pooled)[:, 0]) if self.scale_head is not None else jnp.ones((n,))
-        beta = self.bias_head(pooled)[:, 0] if self.bias_head is not None else jnp.zeros((n,))
-        return alpha, beta
+        if self.per_text_scale:
+            alpha = jnp.exp(self.scale_head(pooled)[:, 0])
+        else:
+            alpha = jnp.broadcast_to(jnp.exp(self.shared_log_scale[...]), (n,))
+        if self.per_text_bias:
+            beta = self.bias_head(pooled)[:, 0]
+        else:
+            beta = jnp.broadcast_to(self.shared_bias[...], (n,))
+        return alpha.astype(jnp.float32), beta.astype(jnp.float32)
 
     def embed_text(
         self, ids: jax.Array, mask: jax.Array, *, train: bool = False
