@@ -243,16 +243,18 @@ def detection_example(export_dir: str, source: Subset, out_dir: str, novel_query
     os.makedirs(out_dir, exist_ok=True)
     wav = os.path.join(out_dir, "mixture.wav")
     soundfile.write(wav, mixture.audio, 48_000)
-    truth = []
+    frame_s = 10.0 / mixture.labels.shape[1]
+    truth = []  # one entry per active run of frames (fragments and repeats are several)
     for caption, row in zip(mixture.captions, mixture.labels, strict=True):
-        active = np.flatnonzero(row)
-        if active.size:
-            truth.append({"caption": caption, "frames": [int(active[0]), int(active[-1]) + 1]})
+        edges = np.flatnonzero(np.diff(np.r_[0, row.astype(np.int8), 0]))
+        for start, end in zip(edges[::2], edges[1::2], strict=True):
+            truth.append({"caption": caption, "onset_s": start * frame_s, "offset_s": end * frame_s})
+    truth.sort(key=lambda e: e["onset_s"])
     queries = list(dict.fromkeys(mixture.captions))
     if novel_query and novel_query not in queries:
         queries.append(novel_query)  # a sound that is not there: it should stay low
     with open(os.path.join(out_dir, "truth.json"), "w") as f:
-        json.dump({"captions": truth, "frame_rate_hz": mixture.labels.shape[1] / 10.0}, f, indent=1)
+        json.dump({"events": truth, "frame_s": frame_s}, f, indent=1)
     argv = [wav, "--model", export_dir, "--plot", os.path.join(out_dir, "detection.png")]
     argv += ["--json", os.path.join(out_dir, "detection.json")]
     for q in queries:

@@ -50,6 +50,11 @@ def test_demo_prints_its_table_and_writes_what_it_lists(demo):
     corpus = workdir.parent / "cache" / "demo_corpus"
     unseen = set((corpus / "unseen_captions.txt").read_text().split("\n")) - {""}
     assert unseen == {"a bell ringing", "rapid knocking"}
+    truth = json.loads((workdir / "detect" / "truth.json").read_text())
+    assert truth["events"] and truth["frame_s"] == 0.3125
+    for event in truth["events"]:
+        assert 0 <= event["onset_s"] < event["offset_s"] <= 10.0
+        assert event["caption"] in summary["detection"]["queries"]
     png = workdir / "detect" / "detection.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     detection = json.loads((workdir / "detect" / "detection.json").read_text())
