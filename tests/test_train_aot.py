@@ -163,3 +163,22 @@ def test_global_only_objective_does_not_need_a_splittable_sed_batch():
     c.loss.w_sed = 1.0  # now the SED batch is read, and 3 clips do not split over 8 devices
     with pytest.raises(ConfigError, match="sed_clips=3"):
         make_objective(c, mesh)
+
+
+def test_report_counts_only_the_batches_the_objective_reads(monkeypatch):
+    """flam_global reads no SED batch: its report says SED 0, not the unused config value."""
+    import train_standins
+
+    from flam_jax.train import trainer
+
+    monkeypatch.setattr(trainer, "default_model_factory", train_standins.standin_model_factory)
+    monkeypatch.setattr(
+        aot,
+        "abstract_batch",
+        functools.partial(aot.abstract_batch, samples=train_standins.SAMPLES, frames=train_standins.FRAMES),
+    )
+    c = config_lib.validate(config_lib.load_experiment("experiments/flam_global.py"))
+    c.mesh.fsdp, c.data.global_batch = 1, 8
+    report = aot.compile_train_step(c, "v5e:2x2").to_json()
+    assert (report["sed_clips"], report["texts_per_clip"], report["global_batch"]) == (0, 0, 8)
+    assert report["examples_per_step"] == 8 and report["fits"] is True

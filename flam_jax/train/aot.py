@@ -266,6 +266,7 @@ def compile_train_step(config, topology: str, *, model_factory=None, batch_fn=No
     devices = topology_devices(topology)
     import jax
 
+    from flam_jax.train.data import uses_global, uses_sed
     from flam_jax.train.trainer import Trainer
 
     trainer = Trainer(
@@ -310,9 +311,10 @@ def compile_train_step(config, topology: str, *, model_factory=None, batch_fn=No
         mesh=dict(mesh.shape),
         remat=config.model.remat,
         compute_dtype=config.model.compute_dtype,
-        sed_clips=config.data.sed_clips,
-        texts_per_clip=config.data.texts_per_clip,
-        global_batch=config.data.global_batch,
+        # Batches the objective does not read are reported as 0 (flam_global has no SED batch).
+        sed_clips=config.data.sed_clips if uses_sed(config) else 0,
+        texts_per_clip=config.data.texts_per_clip if uses_sed(config) else 0,
+        global_batch=config.data.global_batch if uses_global(config) else 0,
         examples_per_step=examples,
         per_device_examples=examples / chips,
         argument_bytes=argument,
