@@ -20,20 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from flam_jax.config import load_experiment, validate  # noqa: E402
+from flam_jax.config import apply_assignments, load_experiment, validate  # noqa: E402
 from flam_jax.errors import FlamError  # noqa: E402
 from flam_jax.train import aot  # noqa: E402
 from flam_jax.train.data import uses_global, uses_sed  # noqa: E402
-
-
-def _apply(config, assignments):
-    for item in assignments:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
 
 
 def _with_batch(config, per_chip: int, chips: int):
@@ -93,7 +83,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     base = load_experiment(args.config)
     base.model.text_weights = ""
-    _apply(base, args.set)
+    apply_assignments(base, args.set)
     chips = len(aot.topology_devices(args.topology))
     print("| config | topology | remat | batch | total / chip | fits | FLOPs / step | step ≥ | compile |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from flam_jax.config import load_experiment, validate  # noqa: E402
+from flam_jax.config import apply_assignments, load_experiment, validate  # noqa: E402
 from flam_jax.train.objective import sed_groups  # noqa: E402
 from flam_jax.train.trainer import Trainer  # noqa: E402
 
@@ -62,16 +62,6 @@ def synthetic_batch(config, mesh, vocab: int = 1000) -> dict:
     }
 
 
-def _apply(config, assignments):
-    for item in assignments:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=os.path.join(ROOT, "experiments/cpu_demo.py"))
@@ -80,7 +70,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = load_experiment(args.config)
     config.model.text_weights = ""  # random weights time the same
-    _apply(config, args.set)
+    apply_assignments(config, args.set)
     validate(config)
 
     holder = {}

@@ -208,6 +208,18 @@ def has_path(config: ConfigDict, dotted: str) -> bool:
     return True
 
 
+def apply_assignments(config: ConfigDict, assignments) -> None:
+    """Set ``["a.b=value", ...]`` in place, each value parsed as the key's current type
+    (``True``/anything else for booleans); for scripts without absl's ``--config.*``."""
+    for item in assignments:
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+
+
 def write_resolved(config: ConfigDict, workdir: str) -> str:
     """Write the resolved config to ``workdir/config.json`` and return the path."""
     os.makedirs(workdir, exist_ok=True)

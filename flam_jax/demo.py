@@ -145,9 +145,10 @@ def _child_env() -> dict:
 
 
 def _is_background(record) -> bool:
+    from flam_jax.data.pipeline import record_tags
     from flam_jax.data.simulate import is_background
 
-    return is_background([t.decode() if isinstance(t, bytes) else str(t) for t in record.get("tags", ())])
+    return is_background(record_tags(record))
 
 
 class Subset:
@@ -176,6 +177,7 @@ def held_out_sets(data_dir: str) -> dict[str, Subset]:
     train = builders.load("clips", data_dir, "train")
     trained = set().union(*(captions(train[i]) for i in range(len(train))))
     sets = {name: [] for name in SETS}
+    recordings = dict.fromkeys(SETS, 0)  # non-background clips per set
     for split in ("validation", "novel"):
         try:
             source = builders.load("clips", data_dir, split)
@@ -189,12 +191,12 @@ def held_out_sets(data_dir: str) -> dict[str, Subset]:
                     sets["novel"].append((source, i))
                 continue
             own = captions(record)
-            if own <= trained:
-                sets["seen"].append((source, i))
-            elif not own & trained:
-                sets["novel"].append((source, i))
-    for name, records in sets.items():
-        if all(_is_background(s[i]) for s, i in records):
+            name = "seen" if own <= trained else "novel" if not own & trained else None
+            if name:
+                sets[name].append((source, i))
+                recordings[name] += 1
+    for name, count in recordings.items():
+        if count == 0:
             raise DataError(f"the demo corpus has no held-out recordings for the {name!r} set")
     return {name: Subset(records) for name, records in sets.items()}
 
@@ -217,9 +219,9 @@ def evaluate(export_dir: str, sets: dict[str, Subset], mixtures: int, out_dir: s
     from flam_jax.infer.api import FLAM
 
     model = FLAM.load(export_dir)
+    bench = get_benchmark("simulated")
     rows = []
     for name, source in sets.items():
-        bench = get_benchmark("simulated")
         metrics, curves, examples = run_simulated(model, source, bench, 8, False, mixtures, seed=0)
         result = {"benchmark": f"demo-{name}", "split": name, "task": bench.task, "metrics": metrics}
         write_report(os.path.join(out_dir, name), result, curves, examples)

@@ -140,3 +140,11 @@ def test_flam_train_cli_unknown_key_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == ["error: unknown config key 'nonexistent' (from --config.nonexistent=1)"]
+
+
+def test_apply_assignments_parses_each_value_as_its_keys_type():
+    config = config_lib.base_config()
+    assignments = ["mesh.fsdp=8", "model.remat=block", "model.per_text_bias=False", "optim.lr=3e-4"]
+    config_lib.apply_assignments(config, assignments)
+    assert config.mesh.fsdp == 8 and config.model.remat == "block"
+    assert config.model.per_text_bias is False and config.optim.lr == 3e-4

@@ -40,6 +40,10 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def record_tags(record) -> list[str]:
+    return [_text(t) for t in record.get("tags", ())]
+
+
 def record_captions(record) -> list[str]:
     """Captions of a builder record: ``captions`` (clips, pairs) or ``caption`` (classification)."""
     if "captions" in record and len(record["captions"]):
@@ -61,7 +65,7 @@ class RecordPool(sim.ClipPool):
         for i in range(len(source)):
             record = source[i]
             captions.append(record_captions(record))
-            tags.append([_text(t) for t in record.get("tags", ())])
+            tags.append(record_tags(record))
             names.append(_text(record.get("id", i)))
         super().__init__(captions, tags, names, cache_size)
         self._source = source
