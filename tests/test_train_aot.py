@@ -182,3 +182,38 @@ def test_report_counts_only_the_batches_the_objective_reads(monkeypatch):
     report = aot.compile_train_step(c, "v5e:2x2").to_json()
     assert (report["sed_clips"], report["texts_per_clip"], report["global_batch"]) == (0, 0, 8)
     assert report["examples_per_step"] == 8 and report["fits"] is True
+
+
+def _search_module():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "tpu_compile.py")
+    spec = importlib.util.spec_from_file_location("tpu_compile_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("base", "per_example", "start"),
+    [(1.0, 1.2, 8), (0.6, 0.05, 3), (5.0, 1.0, 16), (15.5, 3.0, 4), (2.0, 0.9, 1)],
+)
+def test_largest_batch_search_finds_the_boundary_in_few_compiles(base, per_example, start):
+    """A near-linear memory curve (with a bump so the line is never exact): the search
+    returns the true largest fit (brute force) in a handful of compiles."""
+    search = _search_module()
+    hbm = 16 * GIB
+
+    def total(b):
+        return int((base + per_example * b + 0.02 * (b % 3)) * GIB)
+
+    compiled = []
+
+    def row(b):
+        compiled.append(b)
+        return {"total_bytes": total(b), "hbm_bytes": hbm, "fits": total(b) <= hbm}
+
+    found = search._largest_fit(start, row(start), row, cap=512)
+    assert found == max([0] + [b for b in range(1, 513) if total(b) <= hbm])
+    assert len(compiled) <= 6, compiled

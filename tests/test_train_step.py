@@ -109,3 +109,39 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             data_factory=poisoned,
         )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_fsdp_step_gathers_weights_not_the_global_batch_of_activations():
+    """Regression: with weights split over 'fsdp', XLA formed the weight gradients of the
+    text tower by gathering the activations of every text of the global batch onto every
+    chip (flam_paper on v5e:16x16: 4x the FLOPs per example, 16.9 GiB of temporaries).
+    Compute must run on whole weights and each device's own examples."""
+    import re
+
+    from flam_jax.config import load_experiment, validate
+    from flam_jax.models.configs import TEXT_CONFIGS
+    from flam_jax.train import aot
+
+    c = load_experiment(os.path.join(os.path.dirname(__file__), "..", "experiments", "cpu_demo.py:tiny"))
+    c.model.text_weights = ""
+    c.mesh.data, c.mesh.fsdp, c.mesh.shard_min_size = 2, 4, 1024
+    c.data.sed_clips, c.data.global_batch, c.data.sed_groups = 16, 16, 0
+    trainer = Trainer(validate(c), "/unused", data_factory=lambda config, mesh: None)
+    specs = {s.spec for s in jax.tree.leaves(trainer.state_shardings.params)}
+    assert any("fsdp" in (axis or ()) for spec in specs for axis in spec)  # FSDP really on
+    batch = aot.abstract_batch(c, trainer.mesh, samples=48000)
+    with jax.set_mesh(trainer.mesh):
+        hlo = trainer.step_fn(batch).lower(trainer.sharded_abstract_state(), batch).compile().as_text()
+    text = TEXT_CONFIGS[c.model.text_tower]
+    per_device = c.data.texts_per_clip * c.data.sed_clips // 8
+    gathered = [
+        tuple(int(d) for d in dims.split(","))
+        for dims in re.findall(r"= \w+\[([0-9,]+)\]\S* all-gather\(", hlo)
+    ]
+    text_activations = [
+        shape
+        for shape in gathered
+        if len(shape) >= 3 and shape[-1] in (text.hidden, text.ffn) and shape[0] > per_device
+    ]
+    assert gathered, "the step should all-gather the fsdp-split weights"
+    assert text_activations == []

@@ -1,8 +1,9 @@
 """The device mesh, parameter partition rules and batch sharding.
 
 The mesh has two axes, ('data', 'fsdp'). Batches are split over both (every device
-holds its own slice of examples); parameters and optimiser state are split over 'fsdp'
-only, so XLA all-gathers each weight just before it is used (ZeRO-3 / FSDP style).
+holds its own slice of examples); fp32 master parameters and optimiser state are split
+over 'fsdp' only. The train step gathers whole weights for the forward and backward
+passes and reduce-scatters the gradients back onto the shards (trainer.Trainer).
 """
 
 import math

@@ -192,6 +192,11 @@ class Trainer:
         step_key = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
 
         def loss_fn(params):
+            # Master weights stay split over 'fsdp'; the forward and backward passes use
+            # whole copies, so each device's weight gradients are its own partial sums,
+            # reduce-scattered onto the shards. Without this XLA may instead gather the
+            # activations of the global batch onto every device (tests/test_train_step.py).
+            params = jax.lax.with_sharding_constraint(params, sharding_lib.replicated(self.mesh))
             model = self.model_def.merge(params, state.extra, step_key)
             loss, metrics = self.objective(model, batch)
             _, extra = self.model_def.split(model)
