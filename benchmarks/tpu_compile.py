@@ -1,7 +1,7 @@
 """Compile-only TPU figures: per-chip memory, FLOPs and the largest batch that fits.
 
     python benchmarks/tpu_compile.py --config=experiments/flam_paper.py --topology=v5e:16x16 \
-        [--remat=none,block] [--search] [--set mesh.fsdp=8] [--out=benchmarks/tpu_compile.jsonl]
+        [--remat=none,block] [--search] [--resume] [--set mesh.fsdp=8] [--out=benchmarks/tpu_compile.jsonl]
 
 For each remat policy the config's own batch is compiled (train.aot, libtpu's compile-only
 devices: no TPU needed). With ``--search`` the largest per-chip batch that fits is found
@@ -39,7 +39,19 @@ def _with_batch(config, per_chip: int, chips: int):
     return validate(c)
 
 
-def _compile(config, topology, out) -> dict:
+def _key(row) -> tuple:
+    return tuple(row[k] for k in ("config", "topology", "remat", "sed_clips", "global_batch"))
+
+
+def _earlier_rows(out) -> dict:
+    """Rows already in ``out`` by (config, topology, remat, SED clips, global batch)."""
+    if not os.path.exists(out):
+        return {}
+    with open(out) as f:
+        return {_key(row): row for row in map(json.loads, filter(str.strip, f))}
+
+
+def _compile(config, topology, out, earlier=None) -> dict:
     row = {
         "config": config.name,
         "topology": topology,
@@ -47,6 +59,9 @@ def _compile(config, topology, out) -> dict:
         "sed_clips": config.data.sed_clips if uses_sed(config) else 0,
         "global_batch": config.data.global_batch if uses_global(config) else 0,
     }
+    if earlier and _key(row) in earlier:
+        print(_row(earlier[_key(row)]) + " (from --out)", flush=True)
+        return earlier[_key(row)]
     t0 = time.perf_counter()
     try:
         report = aot.compile_train_step(config, topology)
@@ -84,7 +99,11 @@ def main(argv=None) -> int:
     parser.add_argument("--search", action="store_true", help="largest per-chip batch that fits")
     parser.add_argument("--max_per_chip", type=int, default=256)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "tpu_compile.jsonl"))
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse the rows --out already has (same code only)"
+    )
     args = parser.parse_args(argv)
+    earlier = _earlier_rows(args.out) if args.resume else {}
     base = load_experiment(args.config)
     base.model.text_weights = ""
     apply_assignments(base, args.set)
@@ -95,14 +114,14 @@ def main(argv=None) -> int:
         config = base.copy_and_resolve_references()
         config.model.remat = remat
         validate(config)
-        first = _compile(config, args.topology, args.out)
+        first = _compile(config, args.topology, args.out, earlier)
         if not args.search:
             continue
         per_chip = max(config.data.sed_clips if uses_sed(config) else 0, config.data.global_batch) // chips
         fit = _largest_fit(
             per_chip,
             first,
-            lambda b, c=config: _compile(_with_batch(c, b, chips), args.topology, args.out),
+            lambda b, c=config: _compile(_with_batch(c, b, chips), args.topology, args.out, earlier),
             args.max_per_chip,
         )
         print(
