@@ -44,11 +44,13 @@ def _key(row) -> tuple:
 
 
 def _earlier_rows(out) -> dict:
-    """Rows already in ``out`` by (config, topology, remat, SED clips, global batch)."""
+    """Rows already in ``out`` by (config, topology, remat, SED clips, global batch);
+    rows marked ``superseded`` (compiled from older code) are left out."""
     if not os.path.exists(out):
         return {}
     with open(out) as f:
-        return {_key(row): row for row in map(json.loads, filter(str.strip, f))}
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {_key(row): row for row in rows if not row.get("superseded")}
 
 
 def _compile(config, topology, out, earlier=None) -> dict:
