@@ -132,16 +132,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def next_trial(points: dict, hbm: int, fit: int, miss: int | None, cap: int) -> int:
+def _next_trial(points: dict, hbm: int, fit: int, miss: int | None, cap: int) -> int:
     """The next per-chip batch to compile: where the line through the two compiled
-    points nearest the gap reaches ``hbm``, clamped strictly inside (fit, miss).
+    points nearest the largest fit reaches ``hbm``, clamped strictly inside (fit, miss).
 
     ``points`` maps per-chip batch -> total bytes per chip (compiler refusals have none).
     Without two points: double the fit (or halve towards the miss).
     """
     upper = cap + 1 if miss is None else miss
     measured = sorted(points, key=lambda b: (abs(b - fit), b))[:2]
-    if len(measured) == 2 and measured[0] != measured[1]:
+    if len(measured) == 2:
         (b0, m0), (b1, m1) = sorted((b, points[b]) for b in measured)
         slope = (m1 - m0) / (b1 - b0)
         guess = b0 + (hbm - m0) / slope if slope > 0 else upper - 1
@@ -164,7 +164,7 @@ def _largest_fit(per_chip: int, first: dict, compile_at, cap: int) -> int:
 
     fit, miss = (per_chip, None) if record(per_chip, first) else (0, per_chip)
     while (miss is None and fit < cap) or (miss is not None and miss - fit > 1):
-        trial = next_trial(points, hbm, fit, miss, cap) if hbm else max(1, fit * 2)
+        trial = _next_trial(points, hbm, fit, miss, cap) if hbm else max(1, fit * 2)
         if record(trial, compile_at(trial)):
             fit = trial
         else:

@@ -133,7 +133,7 @@ def test_fsdp_step_gathers_weights_not_the_global_batch_of_activations():
     with jax.set_mesh(trainer.mesh):
         hlo = trainer.step_fn(batch).lower(trainer.sharded_abstract_state(), batch).compile().as_text()
     text = TEXT_CONFIGS[c.model.text_tower]
-    per_device = c.data.texts_per_clip * c.data.sed_clips // 8
+    per_device = c.data.texts_per_clip * c.data.sed_clips // trainer.mesh.size
     gathered = [
         tuple(int(d) for d in dims.split(","))
         for dims in re.findall(r"= \w+\[([0-9,]+)\]\S* all-gather\(", hlo)
