@@ -11,7 +11,8 @@ the first) each trial is the batch where the line through the two nearest compil
 points meets the chip's HBM, kept strictly between the largest fit and the smallest
 miss, until they are adjacent. A pod-sized compile takes 10-40 min here, so this takes
 3-5 compiles where doubling and bisection took 6-9. Every compile appends one JSON line
-to ``--out`` (so a long run keeps what it got) and prints a table row.
+to ``--out`` (so a long run keeps what it got) and prints a table row; ``--resume``
+reuses those rows, and a resumed search starts from all of its earlier points.
 """
 
 import argparse
@@ -53,14 +54,29 @@ def _earlier_rows(out) -> dict:
     return {_key(row): row for row in rows if not row.get("superseded")}
 
 
-def _compile(config, topology, out, earlier=None) -> dict:
-    row = {
+def _searched_rows(config, topology, chips, earlier) -> dict:
+    """Earlier rows a search of this config could have compiled, by per-chip batch, so a
+    resumed search starts from every point it already has, not only those it replays."""
+    known = {}
+    for row in earlier.values():
+        per_chip = max(row["sed_clips"], row["global_batch"]) // chips
+        if per_chip > 0 and _key(row) == _key(_batch_row(_with_batch(config, per_chip, chips), topology)):
+            known[per_chip] = row
+    return known
+
+
+def _batch_row(config, topology) -> dict:
+    return {
         "config": config.name,
         "topology": topology,
         "remat": config.model.remat,
         "sed_clips": config.data.sed_clips if uses_sed(config) else 0,
         "global_batch": config.data.global_batch if uses_global(config) else 0,
     }
+
+
+def _compile(config, topology, out, earlier=None) -> dict:
+    row = _batch_row(config, topology)
     if earlier and _key(row) in earlier:
         print(_row(earlier[_key(row)]) + " (from --out)", flush=True)
         return earlier[_key(row)]
@@ -125,6 +141,7 @@ def main(argv=None) -> int:
             first,
             lambda b, c=config: _compile(_with_batch(c, b, chips), args.topology, args.out, earlier),
             args.max_per_chip,
+            known=_searched_rows(config, args.topology, chips, earlier),
         )
         print(
             f"largest per-chip batch that fits with remat={remat}: {fit} (global {fit * chips})", flush=True
@@ -153,8 +170,9 @@ def _next_trial(points: dict, hbm: int, fit: int, miss: int | None, cap: int) ->
     return min(max(trial, fit + 1), upper - 1)
 
 
-def _largest_fit(per_chip: int, first: dict, compile_at, cap: int) -> int:
-    """Largest per-chip batch that fits (0 if not even 1), from the config's own row."""
+def _largest_fit(per_chip: int, first: dict, compile_at, cap: int, known=None) -> int:
+    """Largest per-chip batch that fits (0 if not even 1), from the config's own row and
+    any ``known`` rows (per-chip batch -> row) compiled before."""
     points, hbm = {}, first.get("hbm_bytes")
 
     def record(b, row):
@@ -162,7 +180,10 @@ def _largest_fit(per_chip: int, first: dict, compile_at, cap: int) -> int:
             points[b] = row["total_bytes"]
         return bool(row.get("fits"))
 
-    fit, miss = (per_chip, None) if record(per_chip, first) else (0, per_chip)
+    rows = {**(known or {}), per_chip: first}
+    fits = [b for b in rows if record(b, rows[b])]
+    fit = max(fits, default=0)
+    miss = min((b for b in rows if b > fit and b not in fits), default=None)
     while (miss is None and fit < cap) or (miss is not None and miss - fit > 1):
         trial = _next_trial(points, hbm, fit, miss, cap) if hbm else max(1, fit * 2)
         if record(trial, compile_at(trial)):

@@ -217,3 +217,49 @@ def test_largest_batch_search_finds_the_boundary_in_few_compiles(base, per_examp
     found = search._largest_fit(start, row(start), row, cap=512)
     assert found == max([0] + [b for b in range(1, 513) if total(b) <= hbm])
     assert len(compiled) <= 6, compiled
+
+
+def test_resumed_search_starts_from_every_earlier_row(tmp_path):
+    """--resume: superseded rows are ignored, the search's own earlier rows seed it, and
+    it finishes the boundary with new compiles only between the known fit and miss."""
+    import os
+
+    search = _search_module()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = config_lib.load_experiment(os.path.join(root, "experiments", "flam_paper.py"))
+    config.model.remat = "none"
+    chips, hbm = 128, 16 * GIB
+
+    def total(b):
+        return int((1.0 + 0.45 * b) * GIB)
+
+    def row(b, **extra):
+        return {
+            "config": "flam_paper",
+            "topology": "v4:4x4x8",
+            "remat": "none",
+            "sed_clips": b * chips,
+            "global_batch": b * chips,
+            "total_bytes": total(b),
+            "hbm_bytes": hbm,
+            "fits": total(b) <= hbm,
+            **extra,
+        }
+
+    out = tmp_path / "rows.jsonl"
+    earlier_rows = [row(4), row(26), row(40), row(31, superseded=True), {**row(8), "remat": "block"}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in earlier_rows))
+
+    earlier = search._earlier_rows(str(out))
+    known = search._searched_rows(config, "v4:4x4x8", chips, earlier)
+    assert sorted(known) == [4, 26, 40]
+
+    compiled = []
+
+    def compile_at(b):
+        compiled.append(b)
+        return row(b)
+
+    found = search._largest_fit(4, known[4], compile_at, cap=256, known=known)
+    assert found == max(b for b in range(1, 257) if total(b) <= hbm)
+    assert compiled and all(26 < b < 40 for b in compiled) and len(compiled) <= 3, compiled
