@@ -17,8 +17,8 @@ from flam_jax.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
 
-# Activation checkpointing policies both towers implement (models.htsat/text REMAT_POLICIES;
-# a test keeps the three in step): none; block = recompute each block in the backward
+# Activation checkpointing policies both towers implement (models.configs.REMAT_POLICIES;
+# a test keeps the two in step): none; block = recompute each block in the backward
 # pass; block_save_dots = recompute it but keep its matmul outputs.
 REMAT_NAMES = ("none", "block", "block_save_dots")
 

@@ -52,11 +52,10 @@ def test_missing_libtpu_is_one_clear_line(monkeypatch):
     assert "\n" not in str(err.value)
 
 
-def test_remat_names_are_validated_and_match_both_towers():
-    from flam_jax.models.htsat import REMAT_POLICIES as AUDIO
-    from flam_jax.models.text import REMAT_POLICIES as TEXT
+def test_remat_names_are_validated_and_match_the_towers_policies():
+    from flam_jax.models.configs import REMAT_POLICIES
 
-    assert set(config_lib.REMAT_NAMES) == set(AUDIO) == set(TEXT)
+    assert set(config_lib.REMAT_NAMES) == set(REMAT_POLICIES)
     for name in config_lib.REMAT_NAMES:
         c = config_lib.base_config()
         c.model.remat = name

@@ -8,6 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
+# Activation checkpointing per block (Swin block / text layer), shared by both towers: what
+# a block's backward pass may keep instead of recomputing. config.REMAT_NAMES lists the keys.
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 # --------------------------------------------------------------------------------------
 # HTS-AT (audio tower). Owner: audio.
 # --------------------------------------------------------------------------------------

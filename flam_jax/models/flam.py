@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flam_jax.models.configs import HTSAT_CONFIGS, TEXT_CONFIGS, HTSATConfig, TextConfig
+from flam_jax.models.configs import HTSAT_CONFIGS, REMAT_POLICIES, TEXT_CONFIGS, HTSATConfig, TextConfig
 from flam_jax.models.htsat import HTSAT
-from flam_jax.models.text import REMAT_POLICIES, TextEncoder
+from flam_jax.models.text import TextEncoder
 
 SCALE_INIT = 10.0  # α ≈ 10 at initialisation (last bias += ln 10)
 BIAS_INIT = -8.0  # β ≈ −8 at initialisation

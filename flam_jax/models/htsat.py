@@ -18,16 +18,10 @@ import numpy as np
 from flax import nnx
 
 from flam_jax.audio.frontend import LogMelFrontend
-from flam_jax.models.configs import HTSATConfig
+from flam_jax.models.configs import REMAT_POLICIES, HTSATConfig
 
 LN_EPS = 1e-5
 MASK_VALUE = -100.0  # the reference's shifted-window mask value (not -inf)
-# Activation checkpointing per Swin block; a policy names what the backward may keep.
-REMAT_POLICIES = {
-    "none": None,
-    "block": jax.checkpoint_policies.nothing_saveable,
-    "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 # ----------------------------------------------------------------------------- geometry

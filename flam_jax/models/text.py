@@ -12,15 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flam_jax.models.configs import TextConfig
-
-# The same names as the audio tower's (models.htsat.REMAT_POLICIES): what a layer's
-# backward pass may keep instead of recomputing.
-REMAT_POLICIES = {
-    "none": None,
-    "block": jax.checkpoint_policies.nothing_saveable,
-    "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+from flam_jax.models.configs import REMAT_POLICIES, TextConfig
 
 # Hugging Face BERT/RoBERTa initialisation, used when a tower is trained from scratch.
 _normal = nnx.initializers.normal(0.02)
