@@ -262,3 +262,29 @@ def test_resumed_search_starts_from_every_earlier_row(tmp_path):
     found = search._largest_fit(4, known[4], compile_at, cap=256, known=known)
     assert found == max(b for b in range(1, 257) if total(b) <= hbm)
     assert compiled and all(26 < b < 40 for b in compiled) and len(compiled) <= 3, compiled
+
+
+@pytest.mark.parametrize("boundary", [31, 37, 52, 90])
+def test_largest_batch_search_when_xla_flattens_memory_near_hbm(boundary):
+    """Near HBM XLA rematerialises by itself: compiled memory stops rising (and can drop)
+    while the true boundary lies further out. The line through such points would step 1
+    at a time (or, with a falling slope, jump to the cap); the search must still return
+    the boundary, in about as many compiles as bisection."""
+    search = _search_module()
+    hbm = 16 * GIB
+
+    def total(b):
+        linear = (3.0 + 0.45 * b) * GIB
+        return int(min(linear, (14.7 - 0.01 * (b % 5)) * GIB))
+
+    compiled = []
+
+    def row(b):
+        compiled.append(b)
+        if b > boundary:
+            return {"hbm_bytes": hbm, "fits": False}
+        return {"total_bytes": total(b), "hbm_bytes": hbm, "fits": True}
+
+    found = search._largest_fit(2, row(2), row, cap=256)
+    assert found == boundary
+    assert len(compiled) <= 12, compiled
