@@ -10,9 +10,9 @@ chip is close to linear in the per-chip batch until about 90 % of HBM, so after 
 point each trial is the batch where the line through the two nearest compiled points
 meets the chip's HBM. Nearer HBM, XLA rematerialises on its own and memory flattens
 (even drops), so the search probes half again beyond the fit and bisects, until the fit
-and the miss are adjacent. A pod-sized compile takes 3-20 min here. Every compile appends one JSON line
-to ``--out`` (so a long run keeps what it got) and prints a table row; ``--resume``
-reuses those rows, and a resumed search starts from all of its earlier points.
+and the miss are adjacent. A pod-sized compile takes 2-20 min here. Every compile appends
+one JSON line to ``--out`` (so a long run keeps what it got) and prints a table row;
+``--resume`` reuses those rows, and a resumed search starts from all of its earlier points.
 """
 
 import argparse
@@ -118,7 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max_per_chip", type=int, default=256)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "tpu_compile.jsonl"))
     parser.add_argument(
-        "--resume", action="store_true", help="reuse the rows --out already has (same code only)"
+        "--resume",
+        action="store_true",
+        help="reuse the rows --out already has (except those marked superseded)",
     )
     args = parser.parse_args(argv)
     earlier = _earlier_rows(args.out) if args.resume else {}
