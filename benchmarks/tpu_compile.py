@@ -54,12 +54,17 @@ def _earlier_rows(out) -> dict:
     return {_key(row): row for row in rows if not row.get("superseded")}
 
 
+def _per_chip(row, chips: int) -> int:
+    """A row's per-chip batch: SED clips and global pairs per chip grow together."""
+    return max(row["sed_clips"], row["global_batch"]) // chips
+
+
 def _searched_rows(config, topology, chips, earlier) -> dict:
     """Earlier rows a search of this config could have compiled, by per-chip batch, so a
     resumed search starts from every point it already has, not only those it replays."""
     known = {}
     for row in earlier.values():
-        per_chip = max(row["sed_clips"], row["global_batch"]) // chips
+        per_chip = _per_chip(row, chips)
         if per_chip > 0 and _key(row) == _key(_batch_row(_with_batch(config, per_chip, chips), topology)):
             known[per_chip] = row
     return known
@@ -137,9 +142,8 @@ def main(argv=None) -> int:
         first = _compile(config, args.topology, args.out, earlier)
         if not args.search:
             continue
-        per_chip = max(config.data.sed_clips if uses_sed(config) else 0, config.data.global_batch) // chips
         fit = _largest_fit(
-            per_chip,
+            _per_chip(first, chips),
             first,
             lambda b, c=config: _compile(_with_batch(c, b, chips), args.topology, args.out, earlier),
             args.max_per_chip,
