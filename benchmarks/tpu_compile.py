@@ -165,9 +165,9 @@ def _next_trial(points: dict, hbm: int, fit: int, miss: int | None, cap: int) ->
 
     ``points`` maps per-chip batch -> total bytes per chip (compiler refusals have none).
     While the largest fit uses less than ``SATURATED`` of ``hbm``, the trial is where the
-    line through the two compiled points nearest the fit reaches ``hbm``. Past that the
-    line says nothing: bisect towards a known miss, or probe half again beyond the fit.
-    Without two points: double the fit.
+    line through the two compiled points nearest the fit reaches ``hbm``, unless that is
+    at or past a known miss. Otherwise the line says nothing: bisect towards a known miss,
+    or probe half again beyond the fit. Without two points: double the fit.
     """
     upper = cap + 1 if miss is None else miss
     measured = sorted(points, key=lambda b: (abs(b - fit), b))[:2]
@@ -177,6 +177,10 @@ def _next_trial(points: dict, hbm: int, fit: int, miss: int | None, cap: int) ->
         slope = (m1 - m0) / (b1 - b0)
         if slope > 0:
             trial = int(b0 + (hbm - m0) / slope)
+    # A line that reaches HBM only at or past a known miss is a flattened one (XLA
+    # rematerialising below SATURATED); following it would step down one batch a time.
+    if trial is not None and miss is not None and trial >= miss:
+        trial = None
     if trial is None:
         if miss is not None:
             trial = (fit + miss) // 2

@@ -288,3 +288,30 @@ def test_largest_batch_search_when_xla_flattens_memory_near_hbm(boundary):
     found = search._largest_fit(2, row(2), row, cap=256)
     assert found == boundary
     assert len(compiled) <= 12, compiled
+
+
+@pytest.mark.parametrize("boundary", [150, 420, 1100])
+def test_largest_batch_search_when_memory_flattens_below_the_saturation_mark(boundary):
+    """flam_global on v5e:16x16: memory flattens at ≈ 89 % of HBM, just under SATURATED, and
+    still creeps up, so the line through the flat points reaches HBM far beyond the true
+    boundary. After that trial misses, the search must bisect rather than step down one
+    batch at a time from the miss."""
+    search = _search_module()
+    hbm = 16 * GIB
+
+    def total(b):
+        linear = (2.24 + 0.177 * (b - 3)) * GIB
+        flat = (14.2 + 0.0015 * (b - 81) - 0.02 * (b % 3)) * GIB
+        return int(min(linear, flat))
+
+    compiled = []
+
+    def row(b):
+        compiled.append(b)
+        if b > boundary:
+            return {"hbm_bytes": hbm, "fits": False}
+        return {"total_bytes": total(b), "hbm_bytes": hbm, "fits": True}
+
+    found = search._largest_fit(3, row(3), row, cap=2048)
+    assert found == boundary
+    assert len(compiled) <= 16, compiled
