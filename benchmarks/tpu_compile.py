@@ -175,12 +175,11 @@ def _next_trial(points: dict, hbm: int, fit: int, miss: int | None, cap: int) ->
     if len(measured) == 2 and points.get(fit, 0) < SATURATED * hbm:
         (b0, m0), (b1, m1) = sorted((b, points[b]) for b in measured)
         slope = (m1 - m0) / (b1 - b0)
-        if slope > 0:
-            trial = int(b0 + (hbm - m0) / slope)
-    # A line that reaches HBM only at or past a known miss is a flattened one (XLA
-    # rematerialising below SATURATED); following it would step down one batch a time.
-    if trial is not None and miss is not None and trial >= miss:
-        trial = None
+        line = int(b0 + (hbm - m0) / slope) if slope > 0 else None
+        # A line that reaches HBM only at or past a known miss is a flattened one (XLA
+        # rematerialising below SATURATED); following it would step down one batch a time.
+        if line is not None and (miss is None or line < miss):
+            trial = line
     if trial is None:
         if miss is not None:
             trial = (fit + miss) // 2

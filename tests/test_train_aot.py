@@ -264,19 +264,10 @@ def test_resumed_search_starts_from_every_earlier_row(tmp_path):
     assert compiled and all(26 < b < 40 for b in compiled) and len(compiled) <= 3, compiled
 
 
-@pytest.mark.parametrize("boundary", [31, 37, 52, 90])
-def test_largest_batch_search_when_xla_flattens_memory_near_hbm(boundary):
-    """Near HBM XLA rematerialises by itself: compiled memory stops rising (and can drop)
-    while the true boundary lies further out. The line through such points would step 1
-    at a time (or, with a falling slope, jump to the cap); the search must still return
-    the boundary, in about as many compiles as bisection."""
-    search = _search_module()
+def _search_up_to(boundary, total, start, cap):
+    """Run the search against a compiler that refuses every batch above ``boundary`` and
+    reports ``total(b)`` bytes for the rest; returns (largest fit found, batches compiled)."""
     hbm = 16 * GIB
-
-    def total(b):
-        linear = (3.0 + 0.45 * b) * GIB
-        return int(min(linear, (14.7 - 0.01 * (b % 5)) * GIB))
-
     compiled = []
 
     def row(b):
@@ -285,7 +276,21 @@ def test_largest_batch_search_when_xla_flattens_memory_near_hbm(boundary):
             return {"hbm_bytes": hbm, "fits": False}
         return {"total_bytes": total(b), "hbm_bytes": hbm, "fits": True}
 
-    found = search._largest_fit(2, row(2), row, cap=256)
+    return _search_module()._largest_fit(start, row(start), row, cap=cap), compiled
+
+
+@pytest.mark.parametrize("boundary", [31, 37, 52, 90])
+def test_largest_batch_search_when_xla_flattens_memory_near_hbm(boundary):
+    """Near HBM XLA rematerialises by itself: compiled memory stops rising (and can drop)
+    while the true boundary lies further out. The line through such points would step 1
+    at a time (or, with a falling slope, jump to the cap); the search must still return
+    the boundary, in about as many compiles as bisection."""
+
+    def total(b):
+        linear = (3.0 + 0.45 * b) * GIB
+        return int(min(linear, (14.7 - 0.01 * (b % 5)) * GIB))
+
+    found, compiled = _search_up_to(boundary, total, start=2, cap=256)
     assert found == boundary
     assert len(compiled) <= 12, compiled
 
@@ -296,22 +301,12 @@ def test_largest_batch_search_when_memory_flattens_below_the_saturation_mark(bou
     still creeps up, so the line through the flat points reaches HBM far beyond the true
     boundary. After that trial misses, the search must bisect rather than step down one
     batch at a time from the miss."""
-    search = _search_module()
-    hbm = 16 * GIB
 
     def total(b):
         linear = (2.24 + 0.177 * (b - 3)) * GIB
         flat = (14.2 + 0.0015 * (b - 81) - 0.02 * (b % 3)) * GIB
         return int(min(linear, flat))
 
-    compiled = []
-
-    def row(b):
-        compiled.append(b)
-        if b > boundary:
-            return {"hbm_bytes": hbm, "fits": False}
-        return {"total_bytes": total(b), "hbm_bytes": hbm, "fits": True}
-
-    found = search._largest_fit(3, row(3), row, cap=2048)
+    found, compiled = _search_up_to(boundary, total, start=3, cap=2048)
     assert found == boundary
     assert len(compiled) <= 16, compiled
