@@ -50,13 +50,18 @@ def base_config() -> ConfigDict:
     # batch; 0 = one per device. Fixing it makes the loss independent of the device count.
     c.data.sed_groups = 0
     c.data.frame_label_min_overlap = 0.5  # fraction of a frame an event must cover
-    c.data.workers = 0  # Grain worker processes per host; 0 = in-process
+    c.data.workers = 0  # Grain worker processes per host for the SED pipeline; 0 = in-process
+    c.data.global_workers = -1  # the same for the global pipeline; -1 = data.workers
     c.data.max_decode_errors = 100
     c.data.sed_dataset = "clips"  # builder kind[/config] the simulator draws clips from
     c.data.global_dataset = "clips"  # builder kind[/config] of the global batch's pairs
     c.data.split = "train"  # split both training pipelines read
     c.data.max_events = 10  # N ~ U(1, max_events) events per simulated mixture
-    c.data.pool_cache = 256  # decoded clips cached per worker
+    # "host": each host draws a mixture's events from its own shard of the epoch's clips
+    # (reads ~1/process_count of the corpus); "corpus": from every clip (data/sampling.py).
+    c.data.sampling = "host"
+    c.data.background_tags = "ambiance,ambience"  # tags (comma-separated) marking backgrounds
+    c.data.pool_cache_mb = 256.0  # whole decoded clips cached per process (each Grain worker)
     c.data.prefetch = 2  # batches buffered per Grain worker
 
     c.loss = ConfigDict()
@@ -146,6 +151,11 @@ def validate(config: ConfigDict) -> ConfigDict:
         (0 < config.data.frame_label_min_overlap <= 1, "data.frame_label_min_overlap must be in (0, 1]"),
         (config.data.max_events >= 1, "data.max_events must be >= 1"),
         (config.data.max_decode_errors >= 0, "data.max_decode_errors must be >= 0"),
+        (config.data.workers >= 0, "data.workers must be >= 0"),
+        (config.data.global_workers >= -1, "data.global_workers must be >= 0, or -1 for data.workers"),
+        (config.data.prefetch >= 1, "data.prefetch must be >= 1"),
+        (config.data.pool_cache_mb >= 0, "data.pool_cache_mb must be >= 0"),
+        (config.data.sampling in ("host", "corpus"), "data.sampling must be host or corpus"),
         (config.train.steps > 0, "train.steps must be positive"),
         (config.optim.lr > 0, "optim.lr must be positive"),
         (config.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),

@@ -61,6 +61,7 @@ def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
             built = False  # corpus present but its dataset is not: build both again
         if wanted and built:
             say(f"corpus: reusing {os.path.dirname(summary_path)} ({summary['source']})")
+            _ensure_indexes(data_dir)
             return summary
     cmd = [sys.executable, os.path.join(ROOT, "data", "demo_corpus.py"), "--cache-dir", cache_dir, "--build"]
     if synthetic:
@@ -75,6 +76,18 @@ def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
             _run([*cmd, "--synthetic"], "building the synthetic demo corpus")
     with open(summary_path) as f:
         return json.load(f)
+
+
+def _ensure_indexes(data_dir: str) -> None:
+    """A corpus built before builders wrote metadata indexes gets them now (seconds here)."""
+    from flam_jax.data import builders
+
+    for split in builders.split_names("clips", data_dir):
+        try:
+            builders.open_index("clips", data_dir, split)
+        except DataError as err:
+            say(f"corpus: writing the metadata index of {split} ({err})")
+            builders.write_index("clips", data_dir, split, progress=False)
 
 
 # --------------------------------------------------------------------------- training
@@ -145,8 +158,8 @@ def _child_env() -> dict:
 
 
 def _is_background(record) -> bool:
-    from flam_jax.data.pipeline import record_tags
-    from flam_jax.data.simulate import is_background
+    from flam_jax.data.index import record_tags
+    from flam_jax.data.pools import is_background
 
     return is_background(record_tags(record))
 
@@ -169,7 +182,7 @@ def held_out_sets(data_dir: str) -> dict[str, Subset]:
     """{"seen": ..., "novel": ...} over the corpus's validation and novel splits."""
     from flam_jax.data import builders
     from flam_jax.data.batches import normalise_caption
-    from flam_jax.data.pipeline import record_captions
+    from flam_jax.data.index import record_captions
 
     def captions(record) -> set[str]:
         return {normalise_caption(c) for c in record_captions(record)}
@@ -234,11 +247,11 @@ def detection_example(export_dir: str, source: Subset, out_dir: str, novel_query
     """Simulate one held-out mixture, run flam-detect on it and write its PNG and JSON."""
     import soundfile
 
-    from flam_jax.data.pipeline import RecordPool
+    from flam_jax.data.pools import RecordPool
     from flam_jax.evals.hook import simulate_mixtures
     from flam_jax.infer import detect
 
-    pool = RecordPool(source)
+    pool = RecordPool.from_records(source)
     candidates = simulate_mixtures(pool, 16, seed=7)
     # Three sounds make a readable picture (ten rows of scores do not).
     mixture = min(candidates, key=lambda m: abs(len(set(m.captions)) - 3))
@@ -364,7 +377,7 @@ def _claim_workdir(workdir: str, corpus: str) -> None:
 
 
 def _first_caption(source: Subset) -> str:
-    from flam_jax.data.pipeline import record_captions
+    from flam_jax.data.index import record_captions
 
     for i in range(len(source)):
         record = source[i]

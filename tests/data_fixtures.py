@@ -34,3 +34,31 @@ def materialise(name, root):
             wave = np.stack([wave, 0.5 * wave], axis=1)
         soundfile.write(full, wave.astype(np.float32), rate)
     return folder
+
+
+def synthetic_clips(root, events=40, backgrounds=8, seconds=(0.3, 1.5), background_s=3.0, seed=0):
+    """A ``flam_clips`` manual folder of tone bursts (events) and noise beds tagged
+    "ambiance" (backgrounds), all train split; returns the folder."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "synthetic_clips")
+    os.makedirs(folder, exist_ok=True)
+    rate = 48_000
+    entries = []
+    for i in range(events + backgrounds):
+        background = i >= events
+        length = round((background_s if background else rng.uniform(*seconds)) * rate)
+        if background:
+            wave = 0.05 * rng.standard_normal(length)
+        else:
+            t = np.arange(length) / rate
+            wave = rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * rng.uniform(200, 4000) * t)
+        name = f"clip{i:03d}.flac"
+        soundfile.write(os.path.join(folder, name), wave.astype(np.float32), rate)
+        entry = {"path": name, "captions": [f"sound number {i}", f"variant {i}"], "source": "synthetic"}
+        entry["tags"] = ["ambiance"] if background else ["event"]
+        entries.append(entry)
+    with open(os.path.join(folder, "manifest.jsonl"), "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in entries)
+    return folder

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from flam_jax.data import pools
 from flam_jax.data import simulate as sim
 
 RATE = 48_000
@@ -65,13 +66,13 @@ def test_frame_labels_follow_levels_in_the_final_mixture():
 
 def make_pool(rng, events=40, backgrounds=2, silent_background=False, seconds=(0.5, 4.0)):
     clips = [
-        sim.Clip(tone(rng.uniform(*seconds), freq=rng.uniform(300, 4000)), [f"event {i}", f"other {i}"])
+        pools.Clip(tone(rng.uniform(*seconds), freq=rng.uniform(300, 4000)), [f"event {i}", f"other {i}"])
         for i in range(events)
     ]
     for i in range(backgrounds):
         audio = np.zeros(3 * RATE, np.float32) if silent_background else 0.1 * tone(3.0, 150.0)
-        clips.append(sim.Clip(audio, [f"background {i}"], ("Ambiance",), f"bg{i}"))
-    return sim.InMemoryPool(clips)
+        clips.append(pools.Clip(audio, [f"background {i}"], ("Ambiance",), f"bg{i}"))
+    return pools.InMemoryPool(clips)
 
 
 def concurrency(spans, length=480_000):

@@ -253,9 +253,9 @@ def test_simulated_benchmark_and_validation_hook(tmp_path):
     assert 0.5 < m["frame_auroc"] <= 1.0  # events are louder than the background
 
     # The hook on the same kind of mixtures equals frame_auroc on directly computed scores.
-    from flam_jax.data.pipeline import RecordPool
+    from flam_jax.data.pools import RecordPool
 
-    pool = RecordPool(
+    pool = RecordPool.from_records(
         open_source(get_benchmark("simulated"), str(folder), cache_dir=str(tmp_path / "tfds"))[0]
     )
     mixtures = simulate_mixtures(pool, 3, seed=5)

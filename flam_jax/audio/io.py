@@ -1,14 +1,20 @@
 """Decoding audio files to 48 kHz mono float32, FLAC encoding, and A-weighted loudness.
 
-Everything the data pipeline reads goes through ``load_audio`` (a path) or
-``decode_audio`` (bytes), so a corrupt file always surfaces as one ``AudioDecodeError``
-naming its source, never as a libsndfile traceback deep inside a worker.
+Everything the data pipeline reads goes through ``load_audio`` (a path), ``decode_audio``
+(bytes) or ``decode_span`` (part of the bytes), so a corrupt file always surfaces as one
+``AudioDecodeError`` naming its source, never as a decoder traceback deep inside a worker.
+
+48 kHz mono FLAC, what the builders store, takes a fast path: dr_flac (``miniaudio``)
+decodes a whole file about twice as fast as libFLAC (3.4 ms instead of 6.1 ms for 10 s
+here), and libFLAC (``soundfile``) seeks when only a short span of a long file is
+needed. Both give exactly the samples libsndfile gives (16-bit / 32768).
 """
 
 import functools
 import io
 import os
 
+import miniaudio
 import numpy as np
 import soundfile
 import soxr
@@ -53,7 +59,56 @@ def decode_audio(data: bytes, *, source: str = "<bytes>", target_rate: int = SAM
     """Decode an encoded file held in memory; ``source`` names it in errors."""
     if not data:
         raise AudioDecodeError(f"audio record {source} is empty")
+    if target_rate == SAMPLE_RATE:
+        return decode_span(data, source=source)
     return _read(io.BytesIO(data), source, target_rate)
+
+
+def decode_span(
+    data: bytes, start: int = 0, length: int | None = None, *, source: str = "<bytes>"
+) -> np.ndarray:
+    """Samples ``[start, start + length)`` (to the end when ``length`` is None) of an
+    encoded file, as mono float32 at 48 kHz; a span past the end is cut at the end."""
+    if not data:
+        raise AudioDecodeError(f"audio record {source} is empty")
+    info = _flac_info(data)
+    if info is None:  # another format or rate: decode it whole
+        wave = _read(io.BytesIO(data), source, SAMPLE_RATE)
+        return wave[start : None if length is None else start + length]
+    total = info.num_frames
+    start = min(max(int(start), 0), total)
+    stop = total if length is None else min(start + int(length), total)
+    if 2 * (stop - start) >= total:  # most of the file: one fast whole-file decode
+        try:
+            decoded = miniaudio.flac_read_s16(data)
+        except miniaudio.MiniaudioError as err:
+            raise AudioDecodeError(f"cannot decode audio file {source}: {err}") from err
+        samples = np.frombuffer(decoded.samples, dtype=np.int16)
+        if len(samples) != total:
+            raise AudioDecodeError(f"audio file {source} is truncated: {len(samples)} of {total} samples")
+        return samples[start:stop].astype(np.float32) * np.float32(1 / 32768)
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            f.seek(start)
+            wave = f.read(stop - start, dtype="float32")
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as err:
+        raise AudioDecodeError(f"cannot decode audio file {source}: {err}") from err
+    if len(wave) != stop - start:
+        raise AudioDecodeError(f"audio file {source} is truncated: {start + len(wave)} of {total} samples")
+    return wave
+
+
+def _flac_info(data: bytes):
+    """STREAMINFO of a 48 kHz mono FLAC with a known length, else None."""
+    if not data.startswith(b"fLaC"):
+        return None
+    try:
+        info = miniaudio.flac_get_info(data)
+    except miniaudio.MiniaudioError:
+        return None  # let libsndfile say what is wrong with it
+    if info.sample_rate != SAMPLE_RATE or info.nchannels != 1 or info.num_frames <= 0:
+        return None
+    return info
 
 
 def encode_flac(audio: np.ndarray, *, rate: int = SAMPLE_RATE) -> bytes:

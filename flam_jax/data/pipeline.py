@@ -1,15 +1,21 @@
 """Grain input pipelines for the SED (simulated mixtures) and global (audio–caption) batches.
 
-    MapDataset.range(records) -> shuffle(seed) -> slice(process_index::process_count)
-      -> repeat -> random_map(simulate | annotated crop | pair crop) -> batch(batch_fn)
-      -> to_iter_dataset
+    MapDataset.range(host elements) -> map(element i: its clip, its random stream, simulate |
+      annotated crop | pair crop) -> batch(batch_fn) -> [position:] -> to_iter_dataset
       -> mp_prefetch(workers)
 
-Element i of the host's stream is a pure function of (seed, i), so the stream is
-reproducible and a restored iterator continues exactly where the saved one stopped.
+Element i of a host's stream is a pure function of (seed, process layout, i): which clip it
+starts from and the random numbers it draws come from ``data.sampling.HostSampler``, so
+no two hosts draw the same mixture, each epoch's primaries are every clip once, and a
+restored iterator continues exactly where the saved one stopped. Because the stream is a
+``MapDataset`` end to end, its checkpoint is just the number of batches consumed: the same
+position restores with any number of Grain workers (each worker computes every W-th batch
+and Grain reads them back in order, so W workers give the batches of one).
+
 ``DataIterator`` wraps the Grain iterator: it yields batch dicts, counts records that
-failed to decode (reported by the workers inside each element, so the count works with
-multiprocessing), logs each once with its source and raises ``DataError`` past the budget.
+failed to decode (reported by the workers inside each batch, so the count works with
+multiprocessing), logs each once with its source and raises ``DataError`` past the
+budget, and keeps the fraction of mixtures that got a synthetic background.
 
 Trainer use::
 
@@ -23,125 +29,102 @@ Trainer use::
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+import sys
 
 import grain
 import numpy as np
 
-from flam_jax.audio import io as audio_io
-from flam_jax.data import batches
+from flam_jax.data import batches, pools
 from flam_jax.data import simulate as sim
+from flam_jax.data.sampling import GLOBAL_STREAM, SED_STREAM, EventCandidates, HostSampler
 from flam_jax.errors import AudioDecodeError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def record_tags(record) -> list[str]:
-    return [_text(t) for t in record.get("tags", ())]
-
-
-def record_captions(record) -> list[str]:
-    """Captions of a builder record: ``captions`` (clips, pairs) or ``caption`` (classification)."""
-    if "captions" in record and len(record["captions"]):
-        return [_text(c) for c in record["captions"]]
-    if "caption" in record:
-        return [_text(record["caption"])]
-    return []
-
-
-class RecordPool(sim.ClipPool):
-    """A ``ClipPool`` over builder records (FLAC bytes), e.g. a TFDS ``as_data_source``.
-
-    Captions and tags of every record are read once here (one pass over the source); audio
-    is decoded on demand and cached. Records that fail to decode are remembered.
-    """
-
-    def __init__(self, source: Sequence, cache_size: int = 256):
-        captions, tags, names = [], [], []
-        for i in range(len(source)):
-            record = source[i]
-            captions.append(record_captions(record))
-            tags.append(record_tags(record))
-            names.append(_text(record.get("id", i)))
-        super().__init__(captions, tags, names, cache_size)
-        self._source = source
-        self._failed: dict[int, str] = {}
-
-    def _load(self, index: int) -> np.ndarray:
-        if index in self._failed:
-            raise AudioDecodeError(self._failed[index])
-        try:
-            return audio_io.decode_audio(self._source[index]["audio"], source=self.name(index))
-        except AudioDecodeError as err:
-            self._failed[index] = str(err)
-            raise
-
-
 @dataclasses.dataclass
-class _Simulate(grain.transforms.RandomMap):
-    pool: sim.ClipPool
+class _Simulate:
+    pool: pools.ClipPool
     cfg: sim.SimulatorConfig
+    sampler: HostSampler
+    candidates: EventCandidates
 
-    def random_map(self, index, rng: np.random.Generator) -> sim.Mixture:
-        return sim.simulate(self.pool, rng, self.cfg, primary=int(index))
+    def __call__(self, i) -> sim.Mixture:
+        element = self.sampler.element(i)
+        events = self.candidates(element.epoch)
+        return sim.simulate(self.pool, self.sampler.rng(element), self.cfg, element.primary, events=events)
 
 
 @dataclasses.dataclass
-class _Pair(grain.transforms.RandomMap):
-    pool: sim.ClipPool
+class _Pair:
+    pool: pools.ClipPool
     num_samples: int
+    sampler: HostSampler
+    candidates: EventCandidates
     retries: int = 3
 
-    def random_map(self, index, rng: np.random.Generator) -> batches.Pair:
-        errors = []
-        index = int(index)
+    def __call__(self, i) -> batches.Pair:
+        element = self.sampler.element(i)
+        rng = self.sampler.rng(element)
+        errors, index = [], element.primary
         for _ in range(self.retries + 1):
             try:
-                wave, _ = self.pool.audio(index)
+                audio = self._crop(index, rng)
+            except AudioDecodeError:
+                errors.append(self.pool.name(index))
+                others = self.candidates(element.epoch)
+                index = int(others[rng.integers(len(others))])
+                continue
+            captions = self.pool.captions(index)
+            caption = captions[int(rng.integers(len(captions)))] if captions else ""
+            return batches.Pair(audio, caption, self.pool.name(index), errors)
+        raise DataError(f"global batch: {self.retries + 1} records in a row failed to decode: {errors}")
+
+    def _crop(self, index, rng) -> np.ndarray:
+        """A random ``num_samples`` crop, decoding only it (shorter clips loop)."""
+        total, n = self.pool.num_samples(index), self.num_samples
+        if total >= n:
+            start = int(rng.integers(0, total - n + 1))
+            return np.ascontiguousarray(self.pool.read(index, start, n), dtype=np.float32)
+        return batches.crop_or_loop(self.pool.read(index), rng, n)
+
+
+@dataclasses.dataclass
+class _Annotated:
+    """A strongly labelled record (``strong`` builder) as a SED element, no simulation."""
+
+    pool: pools.RecordPool
+    cfg: sim.SimulatorConfig
+    sampler: HostSampler
+    retries: int = 3
+
+    def __call__(self, i) -> sim.Mixture:
+        element = self.sampler.element(i)
+        rng = self.sampler.rng(element)
+        errors, index = [], element.primary
+        n = self.cfg.num_samples
+        for _ in range(self.retries + 1):
+            total = self.pool.num_samples(index)
+            start = int(rng.integers(0, total - n + 1)) if total > n else 0
+            try:
+                audio = self.pool.read(index, start, n)
             except AudioDecodeError:
                 errors.append(self.pool.name(index))
                 index = int(rng.integers(len(self.pool)))
                 continue
-            captions = self.pool.captions(index)
-            caption = captions[int(rng.integers(len(captions)))] if captions else ""
-            audio = batches.crop_or_loop(wave, rng, self.num_samples)
-            return batches.Pair(audio, caption, self.pool.name(index), errors)
-        raise DataError(f"global batch: {self.retries + 1} records in a row failed to decode: {errors}")
-
-
-@dataclasses.dataclass
-class _Annotated(grain.transforms.RandomMap):
-    """A strongly labelled record (``strong`` builder) as a SED element, no simulation."""
-
-    source: Sequence
-    cfg: sim.SimulatorConfig
-    retries: int = 3
-
-    def random_map(self, index, rng: np.random.Generator) -> sim.Mixture:
-        errors = []
-        index = int(index)
-        for _ in range(self.retries + 1):
-            record = self.source[index]
-            name = _text(record.get("id", index))
-            try:
-                wave = audio_io.decode_audio(record["audio"], source=name)
-            except AudioDecodeError:
-                errors.append(name)
-                index = int(rng.integers(len(self.source)))
-                continue
-            ev = record["events"]
+            ev = self.pool.record(index)["events"]
             events = [
                 (float(a), float(b), _text(c))
                 for a, b, c in zip(ev["onset"], ev["offset"], ev["caption"], strict=True)
             ]
-            mixture = sim.annotated_mixture(wave, events, rng, self.cfg, name)
+            mixture = sim.annotated_mixture(audio, start, events, self.cfg, self.pool.name(index))
             mixture.decode_errors = errors
             return mixture
         raise DataError(f"SED batch: {self.retries + 1} records in a row failed to decode: {errors}")
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 @dataclasses.dataclass
@@ -150,8 +133,12 @@ class _SedBatch:
     spec: batches.SedBatchSpec
 
     def __call__(self, mixtures):
-        errors = [e for m in mixtures for e in m.decode_errors]
-        return batches.sed_batch(mixtures, self.tokenizer, self.spec), errors
+        info = {
+            "errors": [e for m in mixtures for e in m.decode_errors],
+            "mixtures": len(mixtures),
+            "synthetic_backgrounds": sum(m.background == "noise" for m in mixtures),
+        }
+        return batches.sed_batch(mixtures, self.tokenizer, self.spec), info
 
 
 @dataclasses.dataclass
@@ -159,20 +146,13 @@ class _GlobalBatch:
     tokenizer: batches.TextTokenizer
 
     def __call__(self, pairs):
-        errors = [e for p in pairs for e in p.decode_errors]
-        return batches.global_batch(pairs, self.tokenizer), errors
+        info = {"errors": [e for p in pairs for e in p.decode_errors]}
+        return batches.global_batch(pairs, self.tokenizer), info
 
 
-def _indices(count, seed, process_index, process_count, num_epochs):
-    if count == 0:
-        raise DataError("data pipeline: the source holds no records")
-    if not 0 <= process_index < process_count:
-        raise DataError(f"data pipeline: process {process_index} of {process_count}")
-    ds = grain.MapDataset.range(count).shuffle(seed=seed)
-    ds = ds.slice(slice(process_index, None, process_count))
-    if len(ds) == 0:
-        raise DataError(f"data pipeline: {count} records cannot feed {process_count} processes")
-    return ds.repeat(num_epochs)
+def _elements(sampler: HostSampler, num_epochs: int | None) -> grain.MapDataset:
+    total = sys.maxsize if num_epochs is None else sampler.epoch_size * num_epochs
+    return grain.MapDataset.range(total)
 
 
 def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDataset:
@@ -190,17 +170,37 @@ def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDatase
     return it
 
 
-def _sed_stream(
-    size, make_element, tokenizer, spec, *, seed, process_index, process_count, num_epochs, workers, buffer
-) -> grain.IterDataset:
-    ds = _indices(size, seed, process_index, process_count, num_epochs)
-    ds = ds.random_map(make_element, seed=seed)
-    ds = ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
-    return _finish(ds, workers, buffer)
+def sed_elements(
+    pool: pools.ClipPool,
+    cfg: sim.SimulatorConfig,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+    sampling: str = "host",
+) -> grain.MapDataset:
+    """This host's stream of simulated ``Mixture``s (element i: ``HostSampler.element(i)``)."""
+    sampler = HostSampler(len(pool), seed, SED_STREAM, process_index, process_count, sampling)
+    element = _Simulate(pool, cfg, sampler, EventCandidates(sampler, pool.event_indices))
+    return _elements(sampler, num_epochs).map(element)
 
 
 def sed_dataset(
-    pool: sim.ClipPool,
+    pool: pools.ClipPool,
+    tokenizer: batches.TextTokenizer,
+    spec: batches.SedBatchSpec,
+    cfg: sim.SimulatorConfig,
+    **kwargs,
+) -> grain.MapDataset:
+    """Host-sharded batches of simulated mixtures, as (SED batch, info); keywords as
+    ``sed_elements`` (``num_epochs=None`` repeats forever)."""
+    ds = sed_elements(pool, cfg, **kwargs)
+    return ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
+
+
+def annotated_dataset(
+    pool: pools.RecordPool,
     tokenizer: batches.TextTokenizer,
     spec: batches.SedBatchSpec,
     cfg: sim.SimulatorConfig,
@@ -209,26 +209,15 @@ def sed_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: int | None = None,
-    workers: int = 0,
-    buffer: int = 2,
-) -> grain.IterDataset:
-    """Host-sharded stream of (SED batch, decode errors); ``num_epochs=None`` repeats forever."""
-    return _sed_stream(
-        len(pool),
-        _Simulate(pool, cfg),
-        tokenizer,
-        spec,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        num_epochs=num_epochs,
-        workers=workers,
-        buffer=buffer,
-    )
+) -> grain.MapDataset:
+    """Host-sharded batches of strongly labelled recordings (``strong`` builder)."""
+    sampler = HostSampler(len(pool), seed, SED_STREAM, process_index, process_count)
+    ds = _elements(sampler, num_epochs).map(_Annotated(pool, cfg, sampler))
+    return ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
 
 
 def global_dataset(
-    pool: sim.ClipPool,
+    pool: pools.ClipPool,
     tokenizer: batches.TextTokenizer,
     batch_size: int,
     *,
@@ -237,35 +226,57 @@ def global_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: int | None = None,
-    workers: int = 0,
-    buffer: int = 2,
-) -> grain.IterDataset:
-    """Host-sharded stream of (global batch, decode errors)."""
-    ds = _indices(len(pool), seed, process_index, process_count, num_epochs)
-    ds = ds.random_map(_Pair(pool, num_samples), seed=seed + 1)
-    ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_GlobalBatch(tokenizer))
-    return _finish(ds, workers, buffer)
+    sampling: str = "host",
+) -> grain.MapDataset:
+    """Host-sharded batches of audio–caption pairs, as (global batch, info)."""
+    sampler = HostSampler(len(pool), seed, GLOBAL_STREAM, process_index, process_count, sampling)
+    candidates = EventCandidates(sampler, np.arange(len(pool)))
+    ds = _elements(sampler, num_epochs).map(_Pair(pool, num_samples, sampler, candidates))
+    return ds.batch(batch_size, drop_remainder=True, batch_fn=_GlobalBatch(tokenizer))
 
 
 class DataIterator:
-    """Batches from a pipeline, with the decode-error budget and checkpointable state.
+    """Batches of a pipeline, with the decode-error budget and checkpointable state.
 
-    ``get_state``/``set_state`` exchange bytes (JSON), the protocol of
-    ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` for Orbax.
+    ``get_state``/``set_state`` exchange bytes (JSON: the batch position, the sources that
+    failed so far, and the process layout), the protocol of
+    ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` for Orbax. Worker processes
+    start on the first ``next`` and stop on ``close`` (or when the iterator is collected).
     """
 
-    def __init__(self, dataset: grain.IterDataset, max_decode_errors: int, name: str = "data"):
-        self._iterator = iter(dataset)
+    def __init__(
+        self,
+        dataset: grain.MapDataset,
+        max_decode_errors: int,
+        name: str = "data",
+        *,
+        workers: int = 0,
+        buffer: int = 2,
+        layout: tuple[int, int] = (0, 1),
+    ):
+        self._dataset = dataset
         self._budget = max_decode_errors
         self._name = name
+        self._workers = workers
+        self._buffer = buffer
+        self._layout = layout
+        self._iterator = None
+        self.position = 0  # batches consumed
         self.failed_sources: list[str] = []
+        self._mixtures = self._synthetic = 0
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        batch, errors = next(self._iterator)
-        for source in errors:
+        if self._iterator is None:
+            rest = self._dataset[self.position :] if self.position else self._dataset
+            self._iterator = iter(_finish(rest, self._workers, self._buffer))
+        batch, info = next(self._iterator)
+        self.position += 1
+        self._mixtures += info.get("mixtures", 0)
+        self._synthetic += info.get("synthetic_backgrounds", 0)
+        for source in info["errors"]:
             if source not in self.failed_sources:
                 self.failed_sources.append(source)
                 log.warning("%s pipeline: skipped undecodable record %s", self._name, source)
@@ -280,34 +291,52 @@ class DataIterator:
     def decode_errors(self) -> int:
         return len(self.failed_sources)
 
+    def pop_stats(self) -> dict[str, float]:
+        """Data metrics since the last call: decode errors so far and, for simulated
+        mixtures, the fraction that got a synthetic (noise) background."""
+        stats = {"decode_errors": float(self.decode_errors)}
+        if self._mixtures:
+            stats["synthetic_background_fraction"] = self._synthetic / self._mixtures
+        self._mixtures = self._synthetic = 0
+        return stats
+
     def get_state(self) -> bytes:
-        state = {"grain": self._iterator.get_state(), "failed_sources": self.failed_sources}
+        state = {
+            "position": self.position,
+            "failed_sources": self.failed_sources,
+            "process_index": self._layout[0],
+            "process_count": self._layout[1],
+        }
         return json.dumps(state).encode("utf-8")
 
     def set_state(self, state: bytes) -> None:
         try:
             decoded = json.loads(bytes(state).decode("utf-8"))
-            grain_state, failed = decoded["grain"], list(decoded["failed_sources"])
+            position, failed = int(decoded["position"]), list(decoded["failed_sources"])
+            layout = (int(decoded["process_index"]), int(decoded["process_count"]))
         except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{self._name} pipeline: cannot read iterator state: {err}") from err
-        self._iterator.set_state(grain_state)
-        self.failed_sources = failed
+            raise DataError(f"{self._name} pipeline: cannot read iterator state: {err!r}") from err
+        if layout != self._layout:
+            raise DataError(
+                f"{self._name} pipeline: the iterator state is process {layout[0]} of {layout[1]}, "
+                f"this is process {self._layout[0]} of {self._layout[1]}"
+            )
+        self.close()
+        self.position, self.failed_sources = position, failed
 
     def start_prefetch(self) -> None:
         """Called by grain's checkpoint handler after a restore; prefetch starts on demand."""
 
+    def close(self) -> None:
+        """Stop the worker processes (a later ``next`` starts them again)."""
+        if self._iterator is not None:
+            closer = getattr(self._iterator, "close", None)
+            if closer is not None:
+                closer()
+            self._iterator = None
+
 
 # --- construction from a config --------------------------------------------------------
-
-
-def open_pool(data_dir: str, dataset: str, split: str, cache_size: int = 256) -> RecordPool:
-    """``dataset`` is ``kind`` or ``kind/config`` (e.g. ``clips``, ``pairs/clotho``)."""
-    from flam_jax.data import builders
-
-    kind, _, config = dataset.partition("/")
-    if not data_dir:
-        raise ConfigError("data.dir is empty: set it to the TFDS data_dir holding the built datasets")
-    return RecordPool(builders.load(kind, data_dir, split, config or None), cache_size)
 
 
 def simulator_config(config) -> sim.SimulatorConfig:
@@ -336,6 +365,37 @@ def sed_spec(config, groups: int, process_count: int) -> batches.SedBatchSpec:
     )
 
 
+def open_pool(config, dataset: str, split: str) -> pools.RecordPool:
+    """The pool of ``split`` of ``dataset`` with the config's cache and background tags."""
+    return pools.open_pool(
+        config.data.dir,
+        dataset,
+        split,
+        cache_mb=config.data.pool_cache_mb,
+        background_tags=config.data.background_tags,
+    )
+
+
+def _warn_backgrounds(pool: pools.ClipPool, config, dataset: str) -> None:
+    tags = ", ".join(sorted(pool.background_tags)) or "none"
+    count = len(pool.background_indices)
+    if count == 0:
+        log.warning(
+            "SED pipeline: none of the %d clips of %s/%s carries a background tag (data.background_tags: "
+            "%s); every mixture gets a synthetic coloured-noise background",
+            len(pool),
+            dataset,
+            config.data.split,
+            tags,
+        )
+    else:
+        log.info("SED pipeline: %d of %d clips are backgrounds (tags: %s)", count, len(pool), tags)
+
+
+def global_workers(config) -> int:
+    return config.data.workers if config.data.global_workers < 0 else config.data.global_workers
+
+
 def sed_iterator(
     config, tokenizer, *, groups: int, process_index=None, process_count=None, pool=None, num_epochs=None
 ) -> DataIterator:
@@ -345,32 +405,25 @@ def sed_iterator(
     """
     index, count = _processes(process_index, process_count)
     spec = sed_spec(config, groups, count)
-    if pool is None and config.data.sed_dataset.partition("/")[0] == "strong":
-        from flam_jax.data import builders
-
-        if not config.data.dir:
-            raise ConfigError("data.dir is empty: set it to the TFDS data_dir holding the built datasets")
-        source = builders.load("strong", config.data.dir, config.data.split)
-        size, element = len(source), _Annotated(source, simulator_config(config))
+    dataset_name = config.data.sed_dataset
+    if pool is None:
+        pool = open_pool(config, dataset_name, config.data.split)
+    kwargs = {"seed": config.seed, "process_index": index, "process_count": count, "num_epochs": num_epochs}
+    if dataset_name.partition("/")[0] == "strong":
+        dataset = annotated_dataset(pool, tokenizer, spec, simulator_config(config), **kwargs)
     else:
-        if pool is None:
-            pool = open_pool(
-                config.data.dir, config.data.sed_dataset, config.data.split, config.data.pool_cache
-            )
-        size, element = len(pool), _Simulate(pool, simulator_config(config))
-    dataset = _sed_stream(
-        size,
-        element,
-        tokenizer,
-        spec,
-        seed=config.seed,
-        process_index=index,
-        process_count=count,
-        num_epochs=num_epochs,
+        _warn_backgrounds(pool, config, dataset_name)
+        dataset = sed_dataset(
+            pool, tokenizer, spec, simulator_config(config), sampling=config.data.sampling, **kwargs
+        )
+    return DataIterator(
+        dataset,
+        config.data.max_decode_errors,
+        "SED",
         workers=config.data.workers,
         buffer=config.data.prefetch,
+        layout=(index, count),
     )
-    return DataIterator(dataset, config.data.max_decode_errors, "SED")
 
 
 def global_iterator(
@@ -381,9 +434,7 @@ def global_iterator(
     if config.data.global_batch % count:
         raise ConfigError(f"data.global_batch={config.data.global_batch} must split over {count} processes")
     if pool is None:
-        pool = open_pool(
-            config.data.dir, config.data.global_dataset, config.data.split, config.data.pool_cache
-        )
+        pool = open_pool(config, config.data.global_dataset, config.data.split)
     dataset = global_dataset(
         pool,
         tokenizer,
@@ -392,7 +443,13 @@ def global_iterator(
         process_index=index,
         process_count=count,
         num_epochs=num_epochs,
-        workers=config.data.workers,
-        buffer=config.data.prefetch,
+        sampling=config.data.sampling,
     )
-    return DataIterator(dataset, config.data.max_decode_errors, "global")
+    return DataIterator(
+        dataset,
+        config.data.max_decode_errors,
+        "global",
+        workers=global_workers(config),
+        buffer=config.data.prefetch,
+        layout=(index, count),
+    )

@@ -1,4 +1,4 @@
-"""The FLAM mixture simulator: one 10 s, 48 kHz mixture with exact frame labels per event.
+"""The FLAM mixture simulator: one 10 s, 48 kHz mixture with frame labels per event.
 
 A mixture is a deterministic function of (pool, seed, index): ``simulate_index`` seeds a
 numpy Generator from (seed, index) and ``simulate`` draws everything from it (the Grain
@@ -6,14 +6,24 @@ pipeline passes its own per-element Generator to ``simulate`` instead). The reci
 FLAM_SPEC section 8; every choice the spec leaves open is a field of ``SimulatorConfig``
 and is listed in WORKSPACE.md "Spec decisions".
 
-Labels come from the audio, not from the placement: an event's A-weighted RMS is taken
-over 12.5 ms windows of the event as it sounds in the final mixture; windows below
-``inactive_db`` are inactive, and a 0.3125 s frame is positive when at least
-``min_overlap`` of its windows are active.
+A mixture is planned from the pool's metadata before any audio is read: the background
+crop and every event (its clip, crop, fragments or repetitions, gain, onset) follow from
+the clips' lengths and their A-weighted levels per 12.5 ms window, which the split's index
+holds (``data.index``). Only the background crop and the events that found a place are
+decoded, and nothing is A-weighted while mixing.
+
+Labels come from loudness, not from the placement: events start on the 12.5 ms window
+grid, so a clip's windows are the mixture's. A window where an event's A-weighted power
+in the final mixture (after its gain and the peak limiter) is below ``inactive_db`` is
+inactive, and a 0.3125 s frame is positive when at least ``min_overlap`` of its windows
+are active. Two approximations, both at piece edges: a window cut by a piece's end keeps
+the cut fraction of its power, and the 10 ms fades scale the edge windows by the energy a
+linear ramp keeps (as if the power were even within the window). Events built by hand
+(``make_event``) are A-weighted exactly instead.
 """
 
 import dataclasses
-import threading
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,8 +31,6 @@ from scipy import signal
 
 from flam_jax.audio import io as audio_io
 from flam_jax.errors import AudioDecodeError, DataError
-
-BACKGROUND_TAGS = ("ambiance", "ambience")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,103 +91,12 @@ class Mixture:
     # Per event, every caption of its clip ("a cymbal", "a hi-hat cymbal"): each one is a
     # true description of those frames. Empty: only ``captions`` are known.
     synonyms: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+    offsets_db: list[float] = dataclasses.field(default_factory=list)  # per event, above the background
 
     def event_captions(self, k: int) -> tuple[str, ...]:
         """Every caption that is true of event ``k`` (its drawn caption first)."""
         extra = self.synonyms[k] if self.synonyms else ()
         return (self.captions[k], *(c for c in extra if c != self.captions[k]))
-
-
-@dataclasses.dataclass
-class Clip:
-    """One source clip held in memory (48 kHz mono float32)."""
-
-    audio: np.ndarray
-    captions: Sequence[str]
-    tags: Sequence[str] = ()
-    name: str = ""
-
-
-def is_background(tags: Sequence[str]) -> bool:
-    return any(t.strip().lower() in BACKGROUND_TAGS for t in tags)
-
-
-class ClipPool:
-    """Random access to source clips for the simulator; subclasses supply ``_load``.
-
-    Decoded audio and each clip's loudness are cached (LRU of ``cache_size`` clips), which
-    matters because every mixture reads ~6 clips.
-    """
-
-    def __init__(self, captions, tags, names, cache_size: int = 256):
-        self._captions = [list(c) for c in captions]
-        self._names = list(names)
-        flags = np.array([is_background(t) for t in tags], dtype=bool)
-        self.background_indices = np.flatnonzero(flags)
-        self.event_indices = np.flatnonzero(~flags)
-        self._background_set = frozenset(self.background_indices.tolist())
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
-        self._lock: threading.Lock | None = None
-        self._cache_size = cache_size
-
-    def __len__(self) -> int:
-        return len(self._captions)
-
-    def captions(self, index: int) -> list[str]:
-        return self._captions[index]
-
-    def name(self, index: int) -> str:
-        return self._names[index]
-
-    def is_background(self, index: int) -> bool:
-        return index in self._background_set
-
-    def _load(self, index: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def audio(self, index: int) -> tuple[np.ndarray, float]:
-        """(waveform, A-weighted RMS in dBFS over the whole clip); AudioDecodeError if corrupt."""
-        wave, _, level = self.clip(index)
-        return wave, level
-
-    def clip(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """(waveform, its A-weighted version, A-weighted level in dBFS), cached (LRU)."""
-        with self._guard():
-            hit = self._cache.pop(index, None)
-            if hit is not None:
-                self._cache[index] = hit
-                return hit
-        wave = self._load(index)
-        if wave.size == 0:
-            raise AudioDecodeError(f"audio record {self.name(index)} holds no samples")
-        weighted = audio_io.a_weight(wave)
-        hit = (wave, weighted, loudness_db(weighted))
-        with self._guard():
-            while self._cache and len(self._cache) >= self._cache_size:
-                self._cache.pop(next(iter(self._cache)))
-            if self._cache_size > 0:
-                self._cache[index] = hit
-        return hit
-
-    def _guard(self) -> threading.Lock:
-        # Grain maps elements on several threads; the lock is rebuilt after pickling.
-        if self._lock is None:
-            self._lock = threading.Lock()
-        return self._lock
-
-    def __getstate__(self):
-        return {**self.__dict__, "_lock": None, "_cache": {}}  # workers start with an empty cache
-
-
-class InMemoryPool(ClipPool):
-    def __init__(self, clips: Sequence[Clip], cache_size: int = 1 << 30):
-        super().__init__(
-            [c.captions for c in clips], [c.tags for c in clips], [c.name for c in clips], cache_size
-        )
-        self._clips = list(clips)
-
-    def _load(self, index: int) -> np.ndarray:
-        return np.asarray(self._clips[index].audio, dtype=np.float32)
 
 
 def loudness_db(weighted: np.ndarray) -> float:
@@ -238,62 +155,8 @@ def coloured_noise(rng: np.random.Generator, length: int, rate: int) -> np.ndarr
 @dataclasses.dataclass
 class Piece:
     audio: np.ndarray  # faded, unit gain
-    weighted: np.ndarray  # A-weighted version of ``audio``
     offset: int  # start relative to the event's onset
-
-
-def _pieces(segment, mode, rng, cfg: SimulatorConfig) -> list[tuple[int, int, int]]:
-    """(source start, source end, offset) of each piece of an event pattern."""
-    rate, total = cfg.sample_rate, cfg.num_samples
-    if mode == "plain":
-        return [(0, len(segment), 0)]
-    count = int(rng.integers(cfg.pieces[0], cfg.pieces[1] + 1))
-    gaps = (rng.uniform(*cfg.gap_s, size=count - 1) * rate).astype(int)
-    if gaps.sum() > total // 2:  # short mixtures: silence may take at most half
-        gaps = gaps * (total // 2) // gaps.sum()
-    if mode == "repeat":
-        length = min(len(segment), (total - int(gaps.sum())) // count)
-        offsets = np.concatenate([[0], np.cumsum(gaps + length)])[:count]
-        return [(0, length, int(o)) for o in offsets]
-    length = min(len(segment), total - int(gaps.sum()))
-    cuts = np.sort(rng.integers(1, max(length, count), size=count - 1))
-    bounds = np.concatenate([[0], cuts, [length]]).astype(int)
-    out, offset = [], 0
-    for k in range(count):
-        out.append((int(bounds[k]), int(bounds[k + 1]), offset))
-        offset += int(bounds[k + 1] - bounds[k]) + (int(gaps[k]) if k < count - 1 else 0)
-    return [p for p in out if p[1] > p[0]] or [(0, min(len(segment), total), 0)]
-
-
-def _event_pieces(segment, weighted_segment, mode, rng, cfg) -> list[Piece]:
-    """Faded pieces with their A-weighted versions.
-
-    With ``weighted_segment`` (the cached A-weighted clip) a piece's weighted signal is
-    that slice with the same fades, which differs from filtering the faded piece only
-    within a few ms of its ends; without it the piece is filtered exactly.
-    """
-    sos = audio_io.a_weighting_sos(cfg.sample_rate)
-    fade = round(cfg.fade_s * cfg.sample_rate)
-    out, done = [], {}
-    for start, end, offset in _pieces(segment, mode, rng, cfg):
-        key = (start, end)
-        if key not in done:  # repetitions share one piece
-            faded = _fade(segment[start:end], fade)
-            if weighted_segment is None:
-                weighted = signal.sosfilt(sos, faded).astype(np.float32)
-            else:
-                weighted = _fade(weighted_segment[start:end], fade)
-            done[key] = (faded, weighted)
-        out.append(Piece(*done[key], offset))
-    return out
-
-
-def _loud_part_db(pieces: list[Piece], cfg: SimulatorConfig) -> float:
-    """A-weighted RMS over the windows within ``loud_part_db`` of the loudest one."""
-    powers = np.concatenate([_window_power(p.weighted, 0, cfg.window)[1] for p in pieces])
-    floor = powers.max() * 10.0 ** (-cfg.loud_part_db / 10.0)
-    loud = powers[powers >= floor]
-    return 10.0 * np.log10(max(float(loud.mean()), 10.0 ** (audio_io.SILENCE_DB / 10)))
+    power: np.ndarray  # unit-gain A-weighted power per mixture window, from window (onset + offset) // window
 
 
 @dataclasses.dataclass
@@ -304,22 +167,21 @@ class PlacedEvent:
     onset: int  # samples
     gain: float  # linear amplitude gain
     synonyms: tuple[str, ...] = ()  # every caption of the source clip
+    offset_db: float = 0.0  # drawn level above the background
 
 
 def _fits(occupancy, pieces, onset, cfg) -> bool:
-    for p in pieces:
-        a = (onset + p.offset) // cfg.window
-        b = -(-(onset + p.offset + len(p.audio)) // cfg.window)
+    for start, end, offset in pieces:
+        a = (onset + offset) // cfg.window
+        b = -(-(onset + offset + end - start) // cfg.window)
         if occupancy[a:b].max(initial=0) >= cfg.max_overlap:
             return False
     return True
 
 
 def _occupy(occupancy, pieces, onset, cfg) -> None:
-    for p in pieces:
-        a = (onset + p.offset) // cfg.window
-        b = -(-(onset + p.offset + len(p.audio)) // cfg.window)
-        occupancy[a:b] += 1
+    for start, end, offset in pieces:
+        occupancy[(onset + offset) // cfg.window : -(-(onset + offset + end - start) // cfg.window)] += 1
 
 
 def render(
@@ -337,13 +199,14 @@ def render(
             end = min(start + len(p.audio), cfg.num_samples)
             if end <= start:
                 continue
-            mix[start:end] += event.gain * p.audio[: end - start]
-            first, power = _window_power(p.weighted[: end - start], start, cfg.window)
-            stop = min(first + len(power), cfg.windows)
-            powers[e, first:stop] += power[: stop - first] * event.gain**2
+            mix[start:end] += np.float32(event.gain) * p.audio[: end - start]
+            first = start // cfg.window
+            stop = min(first + len(p.power), cfg.windows)
+            powers[e, first:stop] += p.power[: stop - first] * event.gain**2
     peak = float(np.max(np.abs(mix), initial=0.0))
     final_gain = cfg.peak_limit / peak if peak > cfg.peak_limit else 1.0
-    mix *= final_gain
+    if final_gain != 1.0:
+        mix *= np.float32(final_gain)
     threshold = 10.0 ** (cfg.inactive_db / 10.0) / final_gain**2
     active = powers >= threshold
     fraction = active.reshape(len(events), cfg.frames, cfg.windows_per_frame).mean(axis=2)
@@ -351,27 +214,159 @@ def render(
     return mix, labels
 
 
+# --------------------------------------------------------------------------- planning
+
+
+def _pieces(length: int, mode: str, rng, cfg: SimulatorConfig) -> list[tuple[int, int, int]]:
+    """(start, end, offset) of each piece of an event pattern over a ``length``-sample
+    segment; starts and offsets are multiples of the window (the level grid)."""
+    rate, total, w = cfg.sample_rate, cfg.num_samples, cfg.window
+    if mode == "plain":
+        return [(0, length, 0)]
+    count = int(rng.integers(cfg.pieces[0], cfg.pieces[1] + 1))
+    gaps = np.round(rng.uniform(*cfg.gap_s, size=count - 1) * rate / w).astype(int) * w
+    if gaps.sum() > total // 2:  # short mixtures: silence may take at most half
+        gaps = gaps * (total // 2) // gaps.sum() // w * w
+    if mode == "repeat":
+        size = min(length, (total - int(gaps.sum())) // count)
+        step = -(-size // w) * w  # repetitions start on the grid
+        offsets = np.concatenate([[0], np.cumsum(gaps + step)])[:count]
+        return [(0, size, int(o)) for o in offsets]
+    size = min(length, total - int(gaps.sum()))
+    windows = -(-size // w)
+    cuts = np.minimum(np.sort(rng.integers(1, max(windows, count), size=count - 1)) * w, size)
+    bounds = np.concatenate([[0], cuts, [size]]).astype(int)
+    out, offset = [], 0
+    for k in range(count):
+        out.append((int(bounds[k]), int(bounds[k + 1]), offset))
+        offset += -(-int(bounds[k + 1] - bounds[k]) // w) * w + (int(gaps[k]) if k < count - 1 else 0)
+    return [p for p in out if p[1] > p[0]] or [(0, size, 0)]
+
+
+@functools.lru_cache(maxsize=16)
+def _fade_energy(fade: int, window: int) -> np.ndarray:
+    """Fraction of a window's energy kept by a linear fade-in of ``fade`` samples, for each
+    window the fade touches (even power assumed)."""
+    count = max(1, -(-fade // window))
+    ramp = np.minimum(np.arange(count * window) / max(fade, 1), 1.0) ** 2
+    return ramp.reshape(count, window).mean(axis=1)
+
+
+def _piece_power(clip_power: np.ndarray, start: int, end: int, total: int, cfg) -> np.ndarray:
+    """Unit-gain power per window of clip samples ``[start, end)`` (``start`` on the grid),
+    faded at both ends."""
+    w = cfg.window
+    power = clip_power[start // w : -(-end // w)].copy()
+    if end % w and end < total and len(power):
+        power[-1] *= (end % w) / w  # the window runs on past the piece's end
+    fade = min(round(cfg.fade_s * cfg.sample_rate), (end - start) // 2)
+    if fade > 0 and len(power):
+        keep = _fade_energy(fade, w)[: len(power)]
+        power[: len(keep)] *= keep
+        power[len(power) - len(keep) :] *= keep[::-1]
+    return power
+
+
+def _loud_part_db(powers: Sequence[np.ndarray], cfg: SimulatorConfig) -> float:
+    """A-weighted level over the windows within ``loud_part_db`` of the loudest one."""
+    power = np.concatenate(powers)
+    if power.size == 0:
+        return audio_io.SILENCE_DB
+    loud = power[power >= power.max() * 10.0 ** (-cfg.loud_part_db / 10.0)]
+    return 10.0 * np.log10(max(float(loud.mean()), 10.0 ** (audio_io.SILENCE_DB / 10)))
+
+
+@dataclasses.dataclass
+class _Plan:
+    """An event decided from metadata only: which samples of which clip, where, how loud."""
+
+    index: int
+    caption: str
+    synonyms: tuple[str, ...]
+    start: int  # first clip sample of the segment (on the grid)
+    pieces: list[tuple[int, int, int]]  # (segment start, end, offset) in samples
+    powers: list[np.ndarray]
+    gain: float
+    offset_db: float
+
+    @property
+    def span(self) -> int:
+        return max(offset + end - start for start, end, offset in self.pieces)
+
+
+def _plan_event(pool, index: int, rng, cfg: SimulatorConfig) -> _Plan:
+    captions = pool.captions(index)
+    caption = captions[int(rng.integers(len(captions)))] if captions else ""
+    total, w = pool.num_samples(index), cfg.window
+    limit = max(round(cfg.max_event_s * cfg.sample_rate) // w * w, w)
+    start, length = 0, total
+    if total > limit:  # longer clips: a random crop on the grid
+        start, length = w * int(rng.integers(0, (total - limit) // w + 1)), limit
+    roll = rng.random()
+    mode = "fragment" if roll < cfg.fragment_prob else "plain"
+    if cfg.fragment_prob <= roll < cfg.fragment_prob + cfg.repeat_prob:
+        mode = "repeat"
+    pieces = _pieces(length, mode, rng, cfg)
+    clip_power = pool.powers(index, w)
+    powers = [_piece_power(clip_power, start + a, start + b, total, cfg) for a, b, _ in pieces]
+    offset_db = float(rng.uniform(*cfg.event_db))
+    gain = 10.0 ** ((cfg.background_db + offset_db - _loud_part_db(powers, cfg)) / 20.0)
+    return _Plan(index, caption, tuple(captions), start, pieces, powers, float(gain), offset_db)
+
+
+def _place(plan: _Plan, occupancy, rng, cfg: SimulatorConfig) -> int | None:
+    slots = max(cfg.num_samples - plan.span, 0) // cfg.window
+    for _ in range(cfg.placement_tries):
+        onset = cfg.window * int(rng.integers(0, slots + 1))
+        if _fits(occupancy, plan.pieces, onset, cfg):
+            return onset
+    return None
+
+
+def _realise(pool, plan: _Plan, onset: int, cfg: SimulatorConfig) -> PlacedEvent:
+    """Decode the planned samples (one read covering every piece) and fade the pieces."""
+    lo = min(a for a, _, _ in plan.pieces)
+    hi = max(b for _, b, _ in plan.pieces)
+    wave = pool.read(plan.index, plan.start + lo, hi - lo)
+    fade = round(cfg.fade_s * cfg.sample_rate)
+    faded: dict[tuple[int, int], np.ndarray] = {}  # repetitions share one piece
+    pieces = []
+    for (a, b, offset), power in zip(plan.pieces, plan.powers, strict=True):
+        if (a, b) not in faded:
+            faded[(a, b)] = _fade(wave[a - lo : b - lo], fade)
+        pieces.append(Piece(faded[(a, b)], offset, power))
+    name = pool.name(plan.index)
+    return PlacedEvent(plan.caption, name, pieces, onset, plan.gain, plan.synonyms, plan.offset_db)
+
+
+def _span_level_db(power: np.ndarray, start: int, length: int, window: int) -> float:
+    """Mean A-weighted level of samples ``[start, start + length)`` from window powers."""
+    energy = float(power[start // window : -(-(start + length) // window)].sum()) * window
+    return 10.0 * np.log10(max(energy / max(length, 1), 10.0 ** (audio_io.SILENCE_DB / 10)))
+
+
 def _background(pool, rng, cfg, primary, errors) -> tuple[np.ndarray, str]:
-    candidates = pool.background_indices if pool is not None else np.zeros(0, int)
+    candidates = pool.background_indices
     choice = primary if primary is not None and pool.is_background(primary) else None
+    n = cfg.num_samples
     for _ in range(cfg.decode_retries + 1):
         if choice is None:
             if len(candidates) == 0:
                 break
             choice = int(candidates[rng.integers(len(candidates))])
+        total = pool.num_samples(choice)
+        start = int(rng.integers(0, total - n + 1)) if total > n else 0
         try:
-            wave, level = pool.audio(choice)
+            wave = pool.read(choice, start, n)
         except AudioDecodeError:
             errors.append(pool.name(choice))
             choice = None
             continue
-        if len(wave) > cfg.num_samples:
-            start = int(rng.integers(0, len(wave) - cfg.num_samples + 1))
-            wave = wave[start : start + cfg.num_samples]
-        else:
-            wave = loop_to_length(wave, cfg.num_samples, round(cfg.crossfade_s * cfg.sample_rate))
+        level = _span_level_db(pool.powers(choice, cfg.window), start, len(wave), cfg.window)
+        if len(wave) < n:
+            wave = loop_to_length(wave, n, round(cfg.crossfade_s * cfg.sample_rate))
         return _at_level(wave, level, cfg.background_db), pool.name(choice)
-    noise = coloured_noise(rng, cfg.num_samples, cfg.sample_rate)
+    noise = coloured_noise(rng, n, cfg.sample_rate)
     return _at_level(noise, loudness_db(audio_io.a_weight(noise)), cfg.background_db), "noise"
 
 
@@ -380,15 +375,14 @@ def _at_level(wave, level_db, target_db) -> np.ndarray:
     return np.multiply(wave, np.float32(gain), dtype=np.float32)
 
 
-def _draw_events(pool, rng, count, primary) -> list[int]:
-    indices = pool.event_indices
+def _draw_events(pool, candidates, rng, count, primary) -> list[int]:
     chosen = [primary] if primary is not None and not pool.is_background(primary) else []
-    if len(indices) == 0:
+    if len(candidates) == 0:
         return chosen
     seen = set(chosen)
     while len(chosen) < count:
-        index = int(indices[rng.integers(len(indices))])
-        if index in seen and len(seen) < len(indices):
+        index = int(candidates[rng.integers(len(candidates))])
+        if index in seen and len(seen) < len(candidates):
             continue
         seen.add(index)
         chosen.append(index)
@@ -396,39 +390,42 @@ def _draw_events(pool, rng, count, primary) -> list[int]:
 
 
 def simulate(
-    pool: ClipPool, rng: np.random.Generator, cfg: SimulatorConfig, primary: int | None = None
+    pool, rng: np.random.Generator, cfg: SimulatorConfig, primary: int | None = None, *, events=None
 ) -> Mixture:
     """Simulate one mixture; ``primary`` (an index into ``pool``) is always used.
 
-    A background primary becomes the background, an event primary the first event. Clips
-    that fail to decode are replaced by others and listed in ``Mixture.decode_errors``.
+    A background primary becomes the background, an event primary the first event; the
+    other events are drawn from ``events`` (clip indices; default: every event clip).
+    Clips that fail to decode are replaced by others and listed in ``Mixture.decode_errors``.
     """
+    candidates = pool.event_indices if events is None else events
     errors: list[str] = []
     background, background_name = _background(pool, rng, cfg, primary, errors)
     count = int(rng.integers(cfg.min_events, cfg.max_events + 1))
     occupancy = np.zeros(cfg.windows, dtype=np.int32)
     placed: list[PlacedEvent] = []
-    queue = _draw_events(pool, rng, count, primary)
+    queue = _draw_events(pool, candidates, rng, count, primary)
     retries = 0
     while queue:
         index = queue.pop(0)
-        try:
-            wave, weighted, _ = pool.clip(index)
-        except AudioDecodeError:
+        event = None
+        if pool.readable(index) and pool.num_samples(index) > 0:
+            plan = _plan_event(pool, index, rng, cfg)
+            onset = _place(plan, occupancy, rng, cfg)
+            if onset is None:
+                continue  # no room left: skipped before anything was decoded
+            try:
+                event = _realise(pool, plan, onset, cfg)
+            except AudioDecodeError:
+                pass
+        if event is None:
             errors.append(pool.name(index))
             if retries < cfg.decode_retries:
                 retries += 1
-                queue.extend(_draw_events(pool, rng, 1, None))
+                queue.extend(_draw_events(pool, candidates, rng, 1, None))
             continue
-        event = _make_event(pool, index, wave, weighted, rng, cfg)
-        span = max(p.offset + len(p.audio) for p in event.pieces)
-        for _ in range(cfg.placement_tries):
-            onset = int(rng.integers(0, max(cfg.num_samples - span, 0) + 1))
-            if _fits(occupancy, event.pieces, onset, cfg):
-                event.onset = onset
-                _occupy(occupancy, event.pieces, onset, cfg)
-                placed.append(event)
-                break
+        _occupy(occupancy, plan.pieces, onset, cfg)
+        placed.append(event)
     audio, labels = render(background, placed, cfg)
     spans = [
         [(e.onset + p.offset, min(e.onset + p.offset + len(p.audio), cfg.num_samples)) for p in e.pieces]
@@ -443,27 +440,11 @@ def simulate(
         background=background_name,
         decode_errors=errors,
         synonyms=[e.synonyms for e in placed],
+        offsets_db=[e.offset_db for e in placed],
     )
 
 
-def _make_event(pool, index, wave, weighted, rng, cfg) -> PlacedEvent:
-    captions = pool.captions(index)
-    caption = captions[int(rng.integers(len(captions)))] if captions else ""
-    limit = round(cfg.max_event_s * cfg.sample_rate)
-    if len(wave) > limit:
-        start = int(rng.integers(0, len(wave) - limit + 1))
-        wave, weighted = wave[start : start + limit], weighted[start : start + limit]
-    roll = rng.random()
-    mode = "fragment" if roll < cfg.fragment_prob else "plain"
-    if cfg.fragment_prob <= roll < cfg.fragment_prob + cfg.repeat_prob:
-        mode = "repeat"
-    pieces = _event_pieces(wave, weighted, mode, rng, cfg)
-    offset_db = rng.uniform(*cfg.event_db)
-    gain = 10.0 ** ((cfg.background_db + offset_db - _loud_part_db(pieces, cfg)) / 20.0)
-    return PlacedEvent(caption, pool.name(index), pieces, onset=0, gain=float(gain), synonyms=tuple(captions))
-
-
-def simulate_index(pool: ClipPool, seed: int, index: int, cfg: SimulatorConfig) -> Mixture:
+def simulate_index(pool, seed: int, index: int, cfg: SimulatorConfig) -> Mixture:
     """The mixture for (seed, index), with clip ``index % len(pool)`` as its primary."""
     rng = np.random.default_rng([seed, index])
     return simulate(pool, rng, cfg, primary=index % len(pool) if len(pool) else None)
@@ -474,11 +455,14 @@ def make_event(
 ) -> PlacedEvent:
     """A one-piece event at sample ``onset`` whose loud part sits at ``level_db`` dBFS (A-weighted).
 
-    For building mixtures by hand (tests, tools); ``render`` turns them into labels.
+    For building mixtures by hand (tests, tools): the piece is A-weighted exactly, at any
+    onset; ``render`` turns such events into labels.
     """
-    pieces = _event_pieces(np.asarray(audio, dtype=np.float32), None, "plain", None, cfg)
-    gain = 10.0 ** ((level_db - _loud_part_db(pieces, cfg)) / 20.0)
-    return PlacedEvent(caption, source, pieces, onset=int(onset), gain=float(gain))
+    faded = _fade(np.asarray(audio, dtype=np.float32), round(cfg.fade_s * cfg.sample_rate))
+    weighted = signal.sosfilt(audio_io.a_weighting_sos(cfg.sample_rate), faded).astype(np.float32)
+    _, power = _window_power(weighted, int(onset), cfg.window)
+    gain = 10.0 ** ((level_db - _loud_part_db([power], cfg)) / 20.0)
+    return PlacedEvent(caption, source, [Piece(faded, 0, power)], onset=int(onset), gain=float(gain))
 
 
 def interval_labels(intervals: Sequence[tuple[int, int]], cfg: SimulatorConfig) -> np.ndarray:
@@ -495,22 +479,22 @@ def interval_labels(intervals: Sequence[tuple[int, int]], cfg: SimulatorConfig) 
 
 
 def annotated_mixture(
-    wave: np.ndarray,
+    audio: np.ndarray,
+    start: int,
     events: Sequence[tuple[float, float, str]],
-    rng: np.random.Generator,
     cfg: SimulatorConfig,
     source: str = "",
 ) -> Mixture:
-    """A strongly labelled recording as a SED element: a random 10 s crop (shorter clips are
-    zero-padded at the end), labels from the annotated (onset s, offset s, caption) events.
+    """A strongly labelled recording as a SED element: ``audio`` is its crop of at most 10 s
+    beginning at sample ``start`` (shorter crops are zero-padded at the end); labels come
+    from the annotated (onset s, offset s, caption) events.
 
     Only captions with an event inside the crop become texts; same captions are merged.
     """
     n = cfg.num_samples
-    start = int(rng.integers(0, len(wave) - n + 1)) if len(wave) > n else 0
-    audio = np.zeros(n, dtype=np.float32)
-    piece = wave[start : start + n]
-    audio[: len(piece)] = piece
+    mix = np.zeros(n, dtype=np.float32)
+    piece = audio[:n]
+    mix[: len(piece)] = piece
     by_caption: dict[str, list[tuple[int, int]]] = {}
     for onset, offset, caption in events:
         a = round(onset * cfg.sample_rate) - start
@@ -520,7 +504,7 @@ def annotated_mixture(
     captions = list(by_caption)
     labels = np.stack([interval_labels(by_caption[c], cfg) for c in captions]) if captions else None
     return Mixture(
-        audio=audio,
+        audio=mix,
         captions=captions,
         labels=labels if labels is not None else np.zeros((0, cfg.frames), np.uint8),
         spans=[by_caption[c] for c in captions],

@@ -16,13 +16,14 @@ import numpy as np
 
 from flam_jax.data import simulate as sim
 from flam_jax.data.batches import normalise_caption
+from flam_jax.data.pools import ClipPool
 from flam_jax.errors import InputError
 from flam_jax.evals.sed import frame_auroc
 
 ScoreFn = Callable[[np.ndarray, Sequence[str]], np.ndarray]  # (audio [B,480000], texts) -> [B,N,F]
 
 
-def simulate_mixtures(pool: sim.ClipPool, count: int, seed: int, cfg: sim.SimulatorConfig | None = None):
+def simulate_mixtures(pool: ClipPool, count: int, seed: int, cfg: sim.SimulatorConfig | None = None):
     """``count`` mixtures, a deterministic function of (pool, seed)."""
     cfg = cfg or sim.SimulatorConfig()
     if len(pool) == 0:

@@ -271,10 +271,10 @@ def run_zeroshot(model, items, bench: Benchmark, batch_size: int, progress: bool
 
 
 def run_simulated(model, source, bench: Benchmark, batch_size: int, progress: bool, count: int, seed: int):
-    from flam_jax.data.pipeline import RecordPool
+    from flam_jax.data.pools import RecordPool
     from flam_jax.evals.hook import mixture_queries, simulate_mixtures
 
-    mixtures = simulate_mixtures(RecordPool(source), count, seed)
+    mixtures = simulate_mixtures(RecordPool.from_records(source), count, seed)
     queries, labels = mixture_queries(mixtures)
     items = [
         Item(id=f"mixture{m:05d}", audio=(lambda m=m: mixtures[m].audio), num_samples=WINDOW)

@@ -46,6 +46,20 @@ class TrainBatches:
             if hasattr(it, "start_prefetch"):
                 it.start_prefetch()
 
+    def pop_stats(self) -> dict[str, float]:
+        """``data/<pipeline>_<stat>`` of every pipeline that keeps statistics."""
+        return {
+            f"data/{name}_{key}": value
+            for name, it in self.parts.items()
+            if hasattr(it, "pop_stats")
+            for key, value in it.pop_stats().items()
+        }
+
+    def close(self) -> None:
+        for it in self.parts.values():
+            if hasattr(it, "close"):
+                it.close()
+
 
 def uses_global(config) -> bool:
     return config.loss.w_clip > 0 and config.data.global_batch > 0

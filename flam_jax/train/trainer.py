@@ -69,9 +69,7 @@ def default_eval_fn(config) -> EvalFn:
     from flam_jax.evals.hook import simulate_mixtures, validation_hook
     from flam_jax.train.data import tokenizer_path
 
-    pool = open_pool(
-        config.data.dir, config.data.sed_dataset, config.train.eval_split, config.data.pool_cache
-    )
+    pool = open_pool(config, config.data.sed_dataset, config.train.eval_split)
     mixtures = simulate_mixtures(
         pool, config.train.eval_mixtures, seed=config.seed + 1, cfg=simulator_config(config)
     )
@@ -314,8 +312,9 @@ def train_and_evaluate(
                 if evaluate:
                     scalars.update({f"eval/{k}": v for k, v in eval_fn(trainer.model(state), done).items()})
                 if log or evaluate:
+                    data_stats = trainer.data.pop_stats() if hasattr(trainer.data, "pop_stats") else {}
                     speed = progress.update(done)
-                    writer.write(done, {**scalars, **speed})
+                    writer.write(done, {**scalars, **data_stats, **speed})
                     if is_main:
                         print(progress.line(done, scalars, speed), flush=True)
                 last_metrics = scalars
@@ -332,4 +331,6 @@ def train_and_evaluate(
         preemption.close()
         writer.close()
         ckpt.close()
+        if hasattr(trainer.data, "close"):
+            trainer.data.close()
     return {"status": status, "step": int(state.step), "metrics": last_metrics, "time": time.time()}

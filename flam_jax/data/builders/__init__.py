@@ -1,12 +1,16 @@
 """TFDS builders (array_record, no TensorFlow) for clips, strongly labelled SED sets,
 retrieval pairs and classification sets, each reading a local manual directory.
 
-``build(kind, manual_dir, data_dir, config=None)`` prepares one; ``load(kind, data_dir,
-split, config=None)`` returns a random-access source for Grain (``as_data_source``).
+``build(kind, manual_dir, data_dir, config=None)`` prepares one and writes the metadata
+index of every split (``flam_jax.data.index``); ``load(kind, data_dir, split, config=None)``
+returns a random-access source for Grain (``as_data_source``); ``open_index`` returns a
+split's index after checking that it still describes the records (``write_index`` or the
+``flam-index`` command writes one for a dataset built without it).
 Kinds: ``clips`` (flam_clips), ``strong`` (flam_strong), ``pairs`` (flam_pairs/audiocaps,
 flam_pairs/clotho), ``classification`` (flam_classification/esc50, .../urbansound8k).
 """
 
+import functools
 import os
 
 import tensorflow_datasets as tfds
@@ -15,6 +19,7 @@ from flam_jax.data.builders.classification import FlamClassification
 from flam_jax.data.builders.clips import FlamClips
 from flam_jax.data.builders.pairs import FlamPairs
 from flam_jax.data.builders.strong import FlamStrong
+from flam_jax.data.index import ClipIndex, build_index, check_index, read_index
 from flam_jax.errors import DataError
 
 BUILDERS = {
@@ -47,16 +52,83 @@ def build(kind: str, manual_dir: str, data_dir: str, config: str | None = None):
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
     )
+    dataset = f"{kind}/{config}" if config else kind
+    for split in builder.info.splits:
+        write_index(dataset, data_dir, split, progress=False)
     return builder
 
 
 def load(kind: str, data_dir: str, split: str = "train", config: str | None = None):
     """A random-access source of decoded-feature dicts (audio stays FLAC bytes)."""
-    builder = _builder(kind, data_dir, config)
-    if not builder.is_prepared():
-        raise DataError(f"dataset {builder.name} is not built in {data_dir} (run data/build_dataset.py)")
+    builder = _prepared(kind, data_dir, config)
     if split not in builder.info.splits:
         raise DataError(
             f"dataset {builder.name} has no split {split!r} (has {', '.join(builder.info.splits)})"
         )
     return builder.as_data_source(split=split)
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def _parts(dataset: str) -> tuple[str, str | None]:
+    kind, _, config = dataset.partition("/")
+    return kind, config or None
+
+
+def index_dir(builder, split: str) -> str:
+    return os.path.join(builder.data_dir, "index", split)
+
+
+def index_command(dataset: str, data_dir: str, split: str) -> str:
+    return f"flam-index --data-dir={data_dir} --dataset={dataset} --split={split}"
+
+
+def _fingerprint(builder, split: str) -> dict:
+    info = builder.info.splits[split]
+    return {"num_bytes": int(info.num_bytes), "shard_lengths": [int(n) for n in info.shard_lengths]}
+
+
+def split_names(dataset: str, data_dir: str, split: str | None = None) -> list[str]:
+    kind, config = _parts(dataset)
+    builder = _prepared(kind, data_dir, config)
+    names = list(builder.info.splits)
+    if split is not None and split not in names:
+        raise DataError(f"dataset {builder.name} has no split {split!r} (has {', '.join(names)})")
+    return [split] if split is not None else names
+
+
+def write_index(
+    dataset: str, data_dir: str, split: str, *, workers: int = 0, chunk: int | None = None, progress=True
+) -> ClipIndex:
+    """Scan ``split`` of a built dataset (``kind[/config]``) and write its index (resumable)."""
+    kind, config = _parts(dataset)
+    builder = _prepared(kind, data_dir, config)
+    meta = {"dataset": dataset, "split": split, "builder": builder.name, **_fingerprint(builder, split)}
+    opener = functools.partial(load, kind, os.fspath(data_dir), split, config)
+    kwargs = {"chunk": chunk} if chunk else {}
+    return build_index(opener, index_dir(builder, split), meta, workers=workers, progress=progress, **kwargs)
+
+
+def open_index(dataset: str, data_dir: str, split: str, source=None) -> ClipIndex:
+    """The index of ``split``; a missing, stale or mismatched one is a one-line DataError
+    naming the command that rewrites it. Reads the index and a few record ids, no audio."""
+    kind, config = _parts(dataset)
+    builder = _prepared(kind, data_dir, config)
+    command = index_command(dataset, os.fspath(data_dir), split)
+    directory = index_dir(builder, split)
+    if not os.path.isfile(os.path.join(directory, "meta.json")):
+        raise DataError(
+            f"dataset {dataset}/{split} in {data_dir} has no metadata index; write it with {command}"
+        )
+    index = read_index(directory)
+    source = source if source is not None else load(kind, data_dir, split, config)
+    check_index(index, source, _fingerprint(builder, split), command)
+    return index
+
+
+def _prepared(kind: str, data_dir: str, config: str | None):
+    builder = _builder(kind, data_dir, config)
+    if not builder.is_prepared():
+        raise DataError(f"dataset {builder.name} is not built in {data_dir} (run data/build_dataset.py)")
+    return builder
