@@ -349,3 +349,21 @@ def test_level_based_labels_match_exact_a_weighting():
         agree += int((ours == exact).sum())
         total += ours.size
     assert agree / total >= 0.999, agree / total
+
+
+def test_open_file_limit_is_raised_to_cover_the_shards(caplog):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+        pools.allow_open_files(300)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 300
+        pools.allow_open_files(250)  # never lowered
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 300
+        if hard != resource.RLIM_INFINITY:
+            pools.allow_open_files(hard + 1)
+            assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
+            assert f"ulimit -n {hard + 1}" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -84,7 +84,8 @@ def sed_batch(mixtures: Sequence[Mixture], tokenizer: TextTokenizer, spec: SedBa
     if len(mixtures) > spec.clips:
         raise DataError(f"SED batch: {len(mixtures)} mixtures for {spec.clips} slots")
     na_g, nt_g = spec.clips_per_group, spec.texts_per_group
-    audio = np.zeros((spec.clips, spec.num_samples), dtype=np.float32)
+    audio = np.empty((spec.clips, spec.num_samples), dtype=np.float32)  # rows are filled below
+    audio[len(mixtures) :] = 0.0
     audio_mask = np.zeros(spec.clips, dtype=bool)
     labels = np.zeros((spec.clips, nt_g, spec.frames), dtype=np.uint8)
     texts = [PAD_TEXT] * (spec.groups * nt_g)

@@ -15,7 +15,9 @@ per process: every Grain worker holds its own).
 
 import collections
 import dataclasses
+import logging
 import os
+import resource
 import threading
 from collections.abc import Sequence
 
@@ -34,6 +36,9 @@ from flam_jax.errors import AudioDecodeError, ConfigError, DataError
 
 BACKGROUND_TAGS = DEFAULT_BACKGROUND_TAGS
 DEFAULT_CACHE_MB = 256.0
+SPARE_FILES = 256  # besides the shards: the index's memory maps, sockets, logs, Python
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -116,9 +121,10 @@ class ClipPool:
 
     # --- audio
     def read(self, i: int, start: int = 0, length: int | None = None) -> np.ndarray:
-        """Samples ``[start, start + length)`` of clip ``i`` (float32, 48 kHz); AudioDecodeError
-        when the clip is corrupt. Decodes the whole clip (and caches it) when the span is at
-        least half of it, else only the span."""
+        """Samples ``[start, start + length)`` of clip ``i`` (float32, 48 kHz, an array the
+        caller owns and may change); AudioDecodeError when the clip is corrupt. With a cache,
+        a span of at least half the clip decodes (and keeps) all of it; otherwise only the
+        span is decoded."""
         total = self.num_samples(i)
         if not self.readable(i):
             raise AudioDecodeError(f"audio record {self.name(i)} did not decode when its index was written")
@@ -126,10 +132,13 @@ class ClipPool:
             raise AudioDecodeError(f"audio record {self.name(i)} holds no samples")
         stop = total if length is None else min(start + length, total)
         whole = self._cached(i)
-        if whole is None and 2 * (stop - start) >= total:
+        if whole is not None:
+            wave = whole[start:stop].copy()  # the cached clip stays untouched
+        elif 2 * (stop - start) >= total and 4 * total <= self._cache_limit:
             whole = self._decode(i, 0, None)
-            self._store(i, whole)
-        wave = whole[start:stop] if whole is not None else self._decode(i, start, stop - start)
+            wave = whole[start:stop].copy() if self._store(i, whole) else whole[start:stop]
+        else:
+            wave = self._decode(i, start, stop - start)
         if len(wave) == 0:
             raise AudioDecodeError(f"audio record {self.name(i)} holds no samples in [{start}, {stop})")
         return wave
@@ -144,17 +153,19 @@ class ClipPool:
                 self._cache.move_to_end(i)
             return wave
 
-    def _store(self, i: int, wave: np.ndarray) -> None:
+    def _store(self, i: int, wave: np.ndarray) -> bool:
+        """Keep ``wave`` in the cache if it fits; True when it was kept."""
         if wave.nbytes > self._cache_limit:
-            return
+            return False
         with self._guard():
             if i in self._cache:
-                return
+                return False
             while self._cache and self._cache_bytes + wave.nbytes > self._cache_limit:
                 _, old = self._cache.popitem(last=False)
                 self._cache_bytes -= old.nbytes
             self._cache[i] = wave
             self._cache_bytes += wave.nbytes
+        return True
 
     @property
     def cache_bytes(self) -> int:
@@ -200,7 +211,7 @@ class InMemoryPool(ClipPool):
 
     def _decode(self, i: int, start: int, length: int | None) -> np.ndarray:
         wave = np.asarray(self._clips[i].audio, dtype=np.float32)
-        return wave[start : None if length is None else start + length]
+        return wave[start : None if length is None else start + length].copy()
 
 
 _OPEN: dict[tuple, RecordPool] = {}
@@ -227,4 +238,23 @@ def open_pool(
         source = builders.load(kind, data_dir, split, config or None)
         index = builders.open_index(dataset, data_dir, split, source)
         _OPEN[key] = RecordPool(source, index, cache_mb=cache_mb, background_tags=background_tags)
+        allow_open_files(builders.num_shards(dataset, data_dir, split) + SPARE_FILES)
     return _OPEN[key]
+
+
+def allow_open_files(needed: int) -> None:
+    """Raise this process's soft open-file limit to ``needed`` (children inherit it): every
+    Grain worker that samples the whole split keeps one reader open per ArrayRecord shard."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    if limit < needed:
+        log.warning(
+            "open-file limit %d is below the %d this split's shards may need per worker; raise it "
+            "(ulimit -n %d) before starting",
+            limit,
+            needed,
+            needed,
+        )

@@ -116,8 +116,7 @@ def _window_power(weighted: np.ndarray, start: int, window: int) -> tuple[int, n
 
 
 def _fade(piece: np.ndarray, fade: int) -> np.ndarray:
-    """A faded copy of ``piece`` (linear ramps of ``fade`` samples at both ends)."""
-    piece = np.array(piece, dtype=np.float32)
+    """Linear ramps of ``fade`` samples at both ends of ``piece`` (float32), in place."""
     n = min(fade, len(piece) // 2)
     if n > 0:
         ramp = np.linspace(0.0, 1.0, n, endpoint=False, dtype=np.float32)
@@ -189,9 +188,10 @@ def render(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum background and events, limit the peak, and derive frame labels from loudness.
 
-    ``background`` is already at its final gain and length. Returns (audio, labels[E, F]).
+    ``background`` (float32) is already at its final gain and length and becomes the mix
+    (it is added to in place). Returns (audio, labels[E, F]).
     """
-    mix = background.astype(np.float32, copy=True)
+    mix = np.asarray(background, dtype=np.float32)
     powers = np.zeros((len(events), cfg.windows), dtype=np.float64)
     for e, event in enumerate(events):
         for p in event.pieces:
@@ -203,7 +203,7 @@ def render(
             first = start // cfg.window
             stop = min(first + len(p.power), cfg.windows)
             powers[e, first:stop] += p.power[: stop - first] * event.gain**2
-    peak = float(np.max(np.abs(mix), initial=0.0))
+    peak = max(float(mix.max(initial=0.0)), -float(mix.min(initial=0.0)))
     final_gain = cfg.peak_limit / peak if peak > cfg.peak_limit else 1.0
     if final_gain != 1.0:
         mix *= np.float32(final_gain)
@@ -324,7 +324,8 @@ def _place(plan: _Plan, occupancy, rng, cfg: SimulatorConfig) -> int | None:
 
 
 def _realise(pool, plan: _Plan, onset: int, cfg: SimulatorConfig) -> PlacedEvent:
-    """Decode the planned samples (one read covering every piece) and fade the pieces."""
+    """Decode the planned samples (one read covering every piece) and fade the pieces (in
+    place: the pool hands out arrays the caller owns, and fragments never overlap)."""
     lo = min(a for a, _, _ in plan.pieces)
     hi = max(b for _, b, _ in plan.pieces)
     wave = pool.read(plan.index, plan.start + lo, hi - lo)
@@ -371,8 +372,10 @@ def _background(pool, rng, cfg, primary, errors) -> tuple[np.ndarray, str]:
 
 
 def _at_level(wave, level_db, target_db) -> np.ndarray:
-    gain = 1.0 if level_db <= audio_io.SILENCE_DB + 1 else 10.0 ** ((target_db - level_db) / 20.0)
-    return np.multiply(wave, np.float32(gain), dtype=np.float32)
+    """``wave`` (owned, float32) scaled in place to ``target_db``."""
+    if level_db > audio_io.SILENCE_DB + 1:
+        wave *= np.float32(10.0 ** ((target_db - level_db) / 20.0))
+    return wave
 
 
 def _draw_events(pool, candidates, rng, count, primary) -> list[int]:
@@ -458,7 +461,7 @@ def make_event(
     For building mixtures by hand (tests, tools): the piece is A-weighted exactly, at any
     onset; ``render`` turns such events into labels.
     """
-    faded = _fade(np.asarray(audio, dtype=np.float32), round(cfg.fade_s * cfg.sample_rate))
+    faded = _fade(np.array(audio, dtype=np.float32), round(cfg.fade_s * cfg.sample_rate))
     weighted = signal.sosfilt(audio_io.a_weighting_sos(cfg.sample_rate), faded).astype(np.float32)
     _, power = _window_power(weighted, int(onset), cfg.window)
     gain = 10.0 ** ((level_db - _loud_part_db([power], cfg)) / 20.0)

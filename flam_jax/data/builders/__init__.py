@@ -89,6 +89,11 @@ def _fingerprint(builder, split: str) -> dict:
     return {"num_bytes": int(info.num_bytes), "shard_lengths": [int(n) for n in info.shard_lengths]}
 
 
+def num_shards(dataset: str, data_dir: str, split: str) -> int:
+    kind, config = _parts(dataset)
+    return int(_prepared(kind, data_dir, config).info.splits[split].num_shards)
+
+
 def split_names(dataset: str, data_dir: str, split: str | None = None) -> list[str]:
     kind, config = _parts(dataset)
     builder = _prepared(kind, data_dir, config)
