@@ -25,13 +25,13 @@ def main(argv=None) -> int:
 
     from flam_jax.data import builders
 
-    builder = builders.build(args.kind, args.manual_dir, args.data_dir, args.config)
+    builder = builders.build(args.kind, args.manual_dir, args.data_dir, args.config, progress=True)
     for name, split in builder.info.splits.items():
         print(
             f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''} {name}: "
             f"{split.num_examples} examples"
         )
-    print(f"written to {builder.data_dir}")
+    print(f"written to {builder.data_dir} (metadata index in {builder.data_dir}/index/)")
     return 0
 
 

@@ -25,7 +25,12 @@ def get_config(arg: str | None = None):
     c.data.sed_clips = 512
     c.data.texts_per_clip = 5
     c.data.global_batch = 512
-    c.data.workers = 8
+    # A v5e host (4 chips, 112 vCPUs) at 40 % MFU takes ~707 mixtures and ~707 pairs per
+    # second (compile-only step bound, benchmarks/README.md "data_throughput"); one worker
+    # makes 62-79 mixtures or 230-320 pairs per CPU-second with every clip decoded, so the
+    # SED pipeline needs ~10 and the global one ~3 busy cores: 16 and 6 leave 1.5-2x room.
+    c.data.workers = 16
+    c.data.global_workers = 6
     c.loss.w_clip = 1.0
     c.loss.w_sed = 200.0
     c.loss.w_prior = 1.0

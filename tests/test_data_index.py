@@ -14,7 +14,7 @@ from data_fixtures import materialise, synthetic_clips
 
 from flam_jax.audio import io as audio_io
 from flam_jax.config import base_config
-from flam_jax.data import builders, pipeline, pools
+from flam_jax.data import builders, index_command, pipeline, pools
 from flam_jax.data import index as index_lib
 from flam_jax.data import simulate as sim
 from flam_jax.errors import AudioDecodeError, DataError
@@ -235,12 +235,11 @@ def test_index_command_resumes_an_interrupted_scan(built, tmp_path, capsys):
         np.testing.assert_array_equal(getattr(index, attr), getattr(whole, attr))
     assert [index.id(i) for i in range(15)] == [whole.id(i) for i in range(15)]
     # The command writes it in place (two processes), after which the pool opens.
-    assert (
-        index_lib.run(["--data-dir", data_dir, "--dataset", "clips", "--workers", "2", "--chunk", "5"]) == 0
-    )
+    argv = ["--data-dir", data_dir, "--dataset", "clips", "--workers", "2", "--chunk", "5"]
+    assert index_command.main(argv) == 0
     assert "clips/train: 15 clips indexed" in capsys.readouterr().out
     assert len(pools.open_pool(data_dir, "clips", "train")) == 15
-    assert index_lib.run(["--data-dir", str(tmp_path / "nothing"), "--dataset", "clips"]) == 2
+    assert index_command.main(["--data-dir", str(tmp_path / "nothing"), "--dataset", "clips"]) == 2
     assert "is not built" in capsys.readouterr().err
 
 

@@ -150,18 +150,19 @@ def test_save_and_restore_mid_epoch_continues_identically():
         other.set_state(state)
 
 
-def test_orbax_checkpoint_round_trip(tmp_path):
+def test_orbax_checkpoint_round_trip_saved_while_workers_run(tmp_path):
     import grain
     import orbax.checkpoint as ocp
 
     pool = pools.RecordPool.from_records(records(10))
     make = lambda: pipeline.global_dataset(pool, FakeTokenizer(), 2, seed=0, num_samples=4800)
-    it = pipeline.DataIterator(make(), 0)
+    it = pipeline.DataIterator(make(), 0, workers=2)
     take(it, 3)
     with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
         manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
         manager.wait_until_finished()
     expected = take(it, 4)
+    it.close()
     fresh = pipeline.DataIterator(make(), 0)
     with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
         manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
@@ -216,6 +217,13 @@ def test_corrupt_records_are_skipped_counted_and_budgeted(caplog):
     bad = pools.RecordPool.from_records(records(8, corrupt={1, 3}))
     with pytest.raises(DataError, match="max_decode_errors=1"):
         list(pipeline.DataIterator(sed(bad, num_epochs=1), 1))
+    # Raised inside a Grain worker, it reaches the trainer as the same one-line error.
+    broken = pools.RecordPool.from_records(records(4, corrupt={0, 1, 2, 3}))
+    pairs = pipeline.global_dataset(broken, FakeTokenizer(), 2, seed=0, num_samples=4800)
+    it = pipeline.DataIterator(pairs, 100, workers=2)
+    with pytest.raises(DataError, match="records in a row failed to decode"):
+        next(it)
+    it.close()
 
 
 def test_synthetic_backgrounds_are_warned_about_and_counted(tmp_path, caplog):

@@ -76,6 +76,9 @@ def test_demo_trainings_differ_only_in_the_per_text_terms(demo):
         assert [r["step"] for r in rows] == [1, 2, 3]
         for key in ("loss", "clip_loss", "sed_loss", "prior_loss", "grad_norm", "lr"):
             assert all(r[key] == r[key] for r in rows), key  # present and not NaN
+        # The synthetic corpus has background clips: none of the mixtures fell back to noise.
+        assert all(r["data/sed_synthetic_background_fraction"] == 0.0 for r in rows)
+        assert all(r["data/sed_decode_errors"] == r["data/global_decode_errors"] == 0.0 for r in rows)
         assert os.path.isdir(workdir / run / "checkpoints" / "3" / "state")
         assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir / run / "tensorboard"))
 

@@ -21,11 +21,10 @@ page cache and a pool pickles as a path. At 1.1M clips the index is ~0.3 GB plus
 of levels (benchmarks/README.md, "data_throughput").
 
 Writing one reads and decodes every record once, in chunks that are kept on disk, so an
-interrupted ``flam-index`` resumes where it stopped; ``builders.build`` writes it at the
-end of every build.
+interrupted ``flam-index`` (``data/index_command.py``) resumes where it stopped;
+``builders.build`` writes it at the end of every build.
 """
 
-import argparse
 import dataclasses
 import json
 import multiprocessing
@@ -46,7 +45,8 @@ CHUNK = 5000  # records per resumable piece
 SPOT_CHECKS = 8  # records whose ids are compared with the index when it is opened
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """A record's text field (bytes from TFDS) as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -54,16 +54,16 @@ def record_captions(record) -> list[str]:
     """Captions of a builder record: ``captions`` (clips, pairs), ``caption`` (classification)
     or the distinct event captions (strong)."""
     if "captions" in record and len(record["captions"]):
-        return [_text(c) for c in record["captions"]]
+        return [as_text(c) for c in record["captions"]]
     if "caption" in record:
-        return [_text(record["caption"])]
+        return [as_text(record["caption"])]
     if "events" in record:
-        return list(dict.fromkeys(_text(c) for c in record["events"]["caption"]))
+        return list(dict.fromkeys(as_text(c) for c in record["events"]["caption"]))
     return []
 
 
 def record_tags(record) -> list[str]:
-    return [_text(t) for t in record.get("tags", ())]
+    return [as_text(t) for t in record.get("tags", ())]
 
 
 def parse_tags(spec: str | Sequence[str]) -> frozenset[str]:
@@ -250,7 +250,7 @@ class _Rows:
     TEXT = ("ids", "captions", "tags", "sources", "num_samples", "readable")
 
     def add(self, record, position: int, default_source: str, window: int) -> None:
-        name = _text(record.get("id", position))
+        name = as_text(record.get("id", position))
         try:
             wave = audio_io.decode_audio(record["audio"], source=name)
         except AudioDecodeError:
@@ -259,7 +259,7 @@ class _Rows:
             name,
             record_captions(record),
             record_tags(record),
-            _text(record.get("source", "")) or default_source,
+            as_text(record.get("source", "")) or default_source,
             wave,
             window,
             int(record.get("num_samples", 0)),
@@ -433,45 +433,9 @@ def check_index(index: ClipIndex, source: Sequence, fingerprint: dict, command: 
     count = len(source)
     spots = {round(k * (count - 1) / (SPOT_CHECKS - 1)) for k in range(SPOT_CHECKS)} if count else set()
     for i in sorted(spots):
-        found = _text(source[i].get("id", i))
+        found = as_text(source[i].get("id", i))
         if found != index.id(i):
             raise DataError(
                 f"index {where} does not match its records: record {i} is {found!r}, the index says "
                 f"{index.id(i)!r}; rewrite it with {command}"
             )
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def run(argv=None) -> int:
-    from flam_jax.cli import report_errors
-
-    return report_errors(_main)(argv)
-
-
-def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="flam-index",
-        description="Write (or finish) the metadata index of a built dataset's splits.",
-    )
-    parser.add_argument("--data-dir", required=True, help="TFDS data_dir holding the built dataset")
-    parser.add_argument("--dataset", default="clips", help="kind[/config], e.g. clips or pairs/clotho")
-    parser.add_argument("--split", default=None, help="one split (default: every split)")
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: this one)")
-    parser.add_argument("--chunk", type=int, default=CHUNK, help="records per resumable chunk")
-    args = parser.parse_args(argv)
-    if args.workers < 0 or args.chunk < 1:
-        raise DataError("--workers must be >= 0 and --chunk >= 1")
-    from flam_jax.data import builders
-
-    for split in builders.split_names(args.dataset, args.data_dir, args.split):
-        index = builders.write_index(
-            args.dataset, args.data_dir, split, workers=args.workers, chunk=args.chunk
-        )
-        print(f"{args.dataset}/{split}: {len(index)} clips indexed in {index.path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run())

@@ -36,6 +36,7 @@ import numpy as np
 
 from flam_jax.data import batches, pools
 from flam_jax.data import simulate as sim
+from flam_jax.data.index import as_text
 from flam_jax.data.sampling import GLOBAL_STREAM, SED_STREAM, EventCandidates, HostSampler
 from flam_jax.errors import AudioDecodeError, ConfigError, DataError
 
@@ -73,12 +74,14 @@ class _Pair:
             except AudioDecodeError:
                 errors.append(self.pool.name(index))
                 others = self.candidates(element.epoch)
+                if len(others) == 0:
+                    break
                 index = int(others[rng.integers(len(others))])
                 continue
             captions = self.pool.captions(index)
             caption = captions[int(rng.integers(len(captions)))] if captions else ""
             return batches.Pair(audio, caption, self.pool.name(index), errors)
-        raise DataError(f"global batch: {self.retries + 1} records in a row failed to decode: {errors}")
+        raise DataError(f"global batch: {len(errors)} records in a row failed to decode: {errors}")
 
     def _crop(self, index, rng) -> np.ndarray:
         """A random ``num_samples`` crop, decoding only it (shorter clips loop)."""
@@ -114,17 +117,13 @@ class _Annotated:
                 continue
             ev = self.pool.record(index)["events"]
             events = [
-                (float(a), float(b), _text(c))
+                (float(a), float(b), as_text(c))
                 for a, b, c in zip(ev["onset"], ev["offset"], ev["caption"], strict=True)
             ]
             mixture = sim.annotated_mixture(audio, start, events, self.cfg, self.pool.name(index))
             mixture.decode_errors = errors
             return mixture
-        raise DataError(f"SED batch: {self.retries + 1} records in a row failed to decode: {errors}")
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        raise DataError(f"SED batch: {len(errors)} records in a row failed to decode: {errors}")
 
 
 @dataclasses.dataclass
@@ -230,7 +229,7 @@ def global_dataset(
 ) -> grain.MapDataset:
     """Host-sharded batches of audio–caption pairs, as (global batch, info)."""
     sampler = HostSampler(len(pool), seed, GLOBAL_STREAM, process_index, process_count, sampling)
-    candidates = EventCandidates(sampler, np.arange(len(pool)))
+    candidates = EventCandidates(sampler, np.flatnonzero(pool.index.readable))  # replacements
     ds = _elements(sampler, num_epochs).map(_Pair(pool, num_samples, sampler, candidates))
     return ds.batch(batch_size, drop_remainder=True, batch_fn=_GlobalBatch(tokenizer))
 

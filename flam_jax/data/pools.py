@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flam_jax.audio import io as audio_io
+from flam_jax.data import builders
 from flam_jax.data.index import (
     DEFAULT_BACKGROUND_TAGS,
     LEVEL_WINDOW,
@@ -34,7 +35,6 @@ from flam_jax.data.index import (
 )
 from flam_jax.errors import AudioDecodeError, ConfigError, DataError
 
-BACKGROUND_TAGS = DEFAULT_BACKGROUND_TAGS
 DEFAULT_CACHE_MB = 256.0
 SPARE_FILES = 256  # besides the shards: the index's memory maps, sockets, logs, Python
 
@@ -51,7 +51,7 @@ class Clip:
     name: str = ""
 
 
-def is_background(tags: Sequence[str], background_tags: Sequence[str] = BACKGROUND_TAGS) -> bool:
+def is_background(tags: Sequence[str], background_tags: Sequence[str] = DEFAULT_BACKGROUND_TAGS) -> bool:
     marks = parse_tags(background_tags)
     return any(t.strip().lower() in marks for t in tags)
 
@@ -63,15 +63,12 @@ class ClipPool:
         self,
         index: ClipIndex,
         *,
-        background_tags: str | Sequence[str] = BACKGROUND_TAGS,
+        background_tags: str | Sequence[str] = DEFAULT_BACKGROUND_TAGS,
         cache_mb: float = DEFAULT_CACHE_MB,
     ):
         self.index = index
         self.background_tags = parse_tags(background_tags)
-        if self.background_tags == parse_tags(DEFAULT_BACKGROUND_TAGS):
-            flags = np.asarray(index.background, dtype=bool)
-        else:
-            flags = index.background_flags(self.background_tags)
+        flags = index.background_flags(self.background_tags)
         readable = np.asarray(index.readable, dtype=bool)
         self._background = flags
         self.background_indices = np.flatnonzero(flags & readable)
@@ -223,13 +220,11 @@ def open_pool(
     split: str,
     *,
     cache_mb: float = DEFAULT_CACHE_MB,
-    background_tags: str | Sequence[str] = BACKGROUND_TAGS,
+    background_tags: str | Sequence[str] = DEFAULT_BACKGROUND_TAGS,
 ) -> RecordPool:
     """The pool of a built split (``dataset`` = ``kind`` or ``kind/config``), opened from
     its index (a one-line DataError names the command when it is missing or stale). The
     same arguments return the same pool within a process."""
-    from flam_jax.data import builders
-
     if not data_dir:
         raise ConfigError("data.dir is empty: set it to the TFDS data_dir holding the built datasets")
     key = (os.path.abspath(os.fspath(data_dir)), dataset, split, float(cache_mb), parse_tags(background_tags))

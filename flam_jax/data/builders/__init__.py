@@ -43,8 +43,9 @@ def _builder(kind: str, data_dir: str, config: str | None):
     return cls(data_dir=os.fspath(data_dir), file_format="array_record", **kwargs)
 
 
-def build(kind: str, manual_dir: str, data_dir: str, config: str | None = None):
-    """Encode a manual directory into ArrayRecord files under ``data_dir``; returns the builder."""
+def build(kind: str, manual_dir: str, data_dir: str, config: str | None = None, *, progress: bool = False):
+    """Encode a manual directory into ArrayRecord files under ``data_dir`` and index every
+    split (``progress``: the index's progress bar); returns the builder."""
     if not os.path.isdir(manual_dir):
         raise DataError(f"manual directory not found: {manual_dir}")
     builder = _builder(kind, data_dir, config)
@@ -54,7 +55,7 @@ def build(kind: str, manual_dir: str, data_dir: str, config: str | None = None):
     )
     dataset = f"{kind}/{config}" if config else kind
     for split in builder.info.splits:
-        write_index(dataset, data_dir, split, progress=False)
+        write_index(dataset, data_dir, split, progress=progress)
     return builder
 
 
