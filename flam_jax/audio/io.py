@@ -140,10 +140,13 @@ def a_weight(audio: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def window_levels_db(weighted: np.ndarray, window: int) -> np.ndarray:
-    """RMS in dB full scale over consecutive non-overlapping windows (the tail is dropped)."""
-    n = len(weighted) // window
-    blocks = weighted[: n * window].reshape(n, window).astype(np.float64)
-    power = np.einsum("ij,ij->i", blocks, blocks) / window
+    """RMS in dB full scale over consecutive non-overlapping windows; the last, partial
+    window is zero-padded, so its power times the window is the energy actually there."""
+    count = -(-len(weighted) // window)
+    padded = np.zeros(count * window, dtype=np.float32)
+    padded[: len(weighted)] = weighted
+    blocks = padded.reshape(count, window)
+    power = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / window
     return 10.0 * np.log10(np.maximum(power, 10.0 ** (SILENCE_DB / 10.0)))
 
 

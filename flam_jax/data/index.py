@@ -73,15 +73,9 @@ def parse_tags(spec: str | Sequence[str]) -> frozenset[str]:
 
 
 def window_levels(wave: np.ndarray, window: int = LEVEL_WINDOW) -> np.ndarray:
-    """A-weighted level (dBFS, float16) of every ``window`` samples; the last, partial
-    window is zero-padded, so its level times the window is the energy actually there."""
-    weighted = audio_io.a_weight(wave)
-    count = -(-len(weighted) // window)
-    padded = np.zeros(count * window, dtype=np.float32)
-    padded[: len(weighted)] = weighted
-    blocks = padded.reshape(count, window)
-    power = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / window
-    return (10.0 * np.log10(np.maximum(power, 10.0 ** (audio_io.SILENCE_DB / 10)))).astype(np.float16)
+    """A-weighted level (dBFS, float16) of every ``window`` samples (the filter runs from
+    the clip's start; the last, partial window is zero-padded)."""
+    return audio_io.a_weighted_levels_db(wave, window=window).astype(np.float16)
 
 
 # --------------------------------------------------------------------------- columns

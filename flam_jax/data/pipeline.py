@@ -311,6 +311,12 @@ class DataIterator:
     def set_state(self, state: bytes) -> None:
         try:
             decoded = json.loads(bytes(state).decode("utf-8"))
+            if "grain" in decoded and "position" not in decoded:
+                raise DataError(
+                    f"{self._name} pipeline: the checkpoint's iterator state was written by a flam_jax "
+                    "before per-host sampling (a Grain-internal state); its data order cannot be "
+                    "continued: start the run in a new workdir"
+                )
             position, failed = int(decoded["position"]), list(decoded["failed_sources"])
             layout = (int(decoded["process_index"]), int(decoded["process_count"]))
         except (ValueError, KeyError, TypeError) as err:
