@@ -257,8 +257,8 @@ def _ours_rates(data_dir: str, mixtures: int, pairs: int, offset: int) -> dict:
     cfg = sim.SimulatorConfig(max_events=10)
     spec = batches.SedBatchSpec(groups=4, clips_per_group=2)
     elements = pipeline.sed_elements(pool, cfg, seed=0)
-    sed = pipeline.sed_dataset(pool, tok, spec, cfg, seed=0)
-    glob = pipeline.global_dataset(pool, tok, 8, seed=0)
+    sed = pipeline.sed_dataset(pool, tok, spec, cfg, seed=0).batches()
+    glob = pipeline.global_dataset(pool, tok, 8, seed=0).batches()
     events = []
     sim_cpu, sim_wall = _cpu_rate(lambda i: events.append(len(elements[offset + i].captions)), mixtures)
     batch_cpu, batch_wall = _cpu_rate(lambda i: sed[offset + i], mixtures // 8)

@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from flam_jax import paths
 from flam_jax.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
@@ -98,6 +99,9 @@ def base_config() -> ConfigDict:
     c.train.ckpt_keep = 3
     c.train.ckpt_keep_every = 0  # also keep every K-th step; 0 = none
     c.train.init_from = ""  # export directory to initialise parameters from
+    # Persistent compilation cache (a restart reuses the compiled step): "" = WORKDIR/
+    # compilation_cache, "none" = off, anything else = that directory (local or gs://).
+    c.train.compile_cache = ""
 
     c.mesh = ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by the other axes
@@ -231,12 +235,8 @@ def apply_assignments(config: ConfigDict, assignments) -> None:
 
 
 def write_resolved(config: ConfigDict, workdir: str) -> str:
-    """Write the resolved config to ``workdir/config.json`` and return the path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write the resolved config to ``workdir/config.json`` (local or remote); returns the path."""
+    paths.makedirs(workdir)
+    path = paths.join(workdir, "config.json")
+    paths.write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return path

@@ -3,14 +3,15 @@
 import json
 import os
 
+from flam_jax import paths
 from flam_jax.errors import FlamError
 
 
 def read_json(path: str, error: type[FlamError], missing: str) -> object:
-    """Parse ``path``; a missing file raises ``error(missing)``, a bad one names the path."""
+    """Parse ``path`` (local or remote); a missing file raises ``error(missing)``, a bad one
+    names the path."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(paths.read_text(path))
     except FileNotFoundError as err:
         raise error(missing) from err
     except (OSError, ValueError) as err:

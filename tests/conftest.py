@@ -9,4 +9,6 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 # Tests never reach the network (no model hub, no dataset downloads).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# gcsfs probes a bucket's type through an API the local GCS emulator lacks.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), ".tfds_unused"))

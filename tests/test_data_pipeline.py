@@ -288,3 +288,32 @@ def test_strong_recordings_feed_the_sed_batch_with_annotated_labels(tmp_path):
     np.testing.assert_array_equal(batch["labels"][row, dog], np.array(expected_dog, np.uint8))
     np.testing.assert_array_equal(batch["labels"][row, bell], np.array(expected_bell, np.uint8))
     assert batch["labels"][1 - row].sum() == 0 and batch["text_mask"].sum() == 2
+
+
+def test_resuming_on_another_host_count_continues_the_epoch():
+    count, batch = 48, 12  # the job's batch; 2 hosts take 6 each, then 3 hosts take 4
+
+    def iterator(index, hosts):
+        sampler = HostSampler(count, 5, 0, index, hosts)
+        stream = pipeline.Stream(
+            sampler,
+            lambda i: sampler.element(i).primary,
+            batch // hosts,
+            lambda primaries: (primaries, {"errors": [f"bad{index}"] if index == 0 else []}),
+        )
+        return pipeline.DataIterator(stream, 10, layout=(index, hosts))
+
+    old = [iterator(p, 2) for p in range(2)]
+    seen = [clip for it in old for _ in range(3) for clip in next(it)]  # 3 steps: 36 of 48 clips
+    saved = [it.get_state() for it in old]
+    new = [iterator(p, 3) for p in range(3)]
+    for it in new:
+        it.restore_at_step(3, saved)
+    rest = [clip for it in new for clip in next(it)]  # the 12 clips left in the epoch, once each
+    assert sorted(seen + rest) == list(range(count))
+    assert all(it.failed_sources == ["bad0"] for it in new)  # the old hosts' failures are kept
+    after = [clip for it in new for clip in next(it)]  # then the next epoch begins
+    assert len(set(after)) == batch
+    restored = iterator(1, 3)
+    restored.set_state(new[1].get_state())  # the new layout's own state restores one to one
+    assert next(restored) == next(new[1])

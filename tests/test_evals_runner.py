@@ -294,8 +294,14 @@ def test_simulated_benchmark_and_validation_hook(tmp_path):
     tokenizer = types.SimpleNamespace(
         encode=lambda texts: (np.zeros((len(texts), 4), np.int32), np.ones((len(texts), 4), np.int32))
     )
-    out = validation_hook(mixtures, tokenizer, batch_size=2)(TinyModule(), 10)
+    validate = validation_hook(mixtures, tokenizer, batch_size=2)
+    module = TinyModule()
+    out = validate(module, 10)
     assert out["frame_auroc_micro"] == pytest.approx(hook["frame_auroc_micro"], abs=1e-6)
+    module.w[...] = jnp.eye(2) * 0.5  # new parameters, same structure: no new trace or compile
+    again = validate(module, 20)
+    assert again["frame_auroc_micro"] == pytest.approx(out["frame_auroc_micro"], abs=1e-6)
+    assert validate.scores._cache_size() == 1 and validate.embed_text._cache_size() == 1
 
 
 def test_bad_input_is_one_line_error(tmp_path, capsys):

@@ -148,3 +148,19 @@ def test_apply_assignments_parses_each_value_as_its_keys_type():
     config_lib.apply_assignments(config, assignments)
     assert config.mesh.fsdp == 8 and config.model.remat == "block"
     assert config.model.per_text_bias is False and config.optim.lr == 3e-4
+
+
+def test_every_console_script_also_runs_as_python_m():
+    import subprocess
+    import sys
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    for name, target in scripts.items():
+        module = target.split(":")[0]
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, cwd=root
+        )
+        assert out.returncode == 0 and "usage" in (out.stdout + out.stderr).lower(), (name, out.stderr[-500:])

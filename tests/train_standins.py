@@ -8,6 +8,7 @@ runs ``train_and_evaluate`` with these pieces in a fresh process (for kill / SIG
 device-count / multi-process tests).
 """
 
+import json
 import os
 import sys
 import time
@@ -80,6 +81,11 @@ def standin_model_factory(config, rngs):
             beta = self.bias_head(h)[:, 0] - 8.0
             return emb, alpha, beta
 
+        def frame_scores(self, frames, emb, alpha, beta):
+            from flam_jax.models.flam import frame_scores
+
+            return frame_scores(frames, emb, alpha, beta, "unbiased")
+
     return TinyFlam(rngs)
 
 
@@ -126,16 +132,81 @@ def _host_batch(index: int, config, process_index: int, process_count: int, slow
     return {part: {k: rows(v) for k, v in arrays.items()} for part, arrays in batch.items()}
 
 
-def standin_data_factory(config, mesh, slow: float = 0.0):
-    """A real Grain pipeline (so its iterator state goes through the checkpoint)."""
-    import grain
-    import jax
+class StandinBatches:
+    """Batch ``position`` of the global stream, this process's rows: the same global batches
+    for any process count. Checkpointed like the real iterators (bytes through Grain's
+    Orbax handler) and placed by the step after a change of process count."""
 
-    pid, count = jax.process_index(), jax.process_count()
-    dataset = grain.MapDataset.range(10**9).map(lambda i: _host_batch(int(i), config, pid, count, slow))
-    # One reader thread: with ``slow`` the stream really runs at one batch per ``slow`` s.
-    options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)
-    return iter(dataset.to_iter_dataset(read_options=options))
+    def __init__(self, config, slow: float = 0.0):
+        import jax
+
+        self.config, self.slow = config, slow
+        self.layout = (jax.process_index(), jax.process_count())
+        self.position = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = _host_batch(self.position, self.config, *self.layout, self.slow)
+        self.position += 1
+        return batch
+
+    def get_state(self) -> bytes:
+        return json.dumps({"position": self.position}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.position = json.loads(bytes(state))["position"]
+
+    def restore_at_step(self, step: int, saved: list[bytes]) -> None:
+        assert all(json.loads(bytes(s))["position"] == step for s in saved), saved
+        self.position = step
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def standin_data_factory(config, mesh, slow: float = 0.0):
+    return StandinBatches(config, slow)
+
+
+class StandinTokenizer:
+    """Ids from a CRC of the text: the same in every process (``hash`` is salted per process)."""
+
+    def encode(self, texts):
+        import zlib
+
+        crc = [zlib.crc32(t.encode()) for t in texts]
+        ids = np.array([[1 + (c + 7 * k) % (VOCAB - 1) for k in range(TEXT_LEN)] for c in crc], np.int32)
+        return ids, np.ones_like(ids)
+
+
+def standin_mixtures(count: int = 6):
+    """Fixed validation 'mixtures' of the stand-in's size (SAMPLES samples, FRAMES frames)."""
+    from flam_jax.data.simulate import Mixture
+
+    rng = np.random.default_rng(42)
+    out = []
+    for i in range(count):
+        labels = (rng.random((2, FRAMES)) < 0.5).astype(np.uint8)
+        labels[:, 0] = 1
+        out.append(
+            Mixture(
+                audio=rng.standard_normal(SAMPLES).astype(np.float32),
+                captions=[f"sound {i % 3}", f"sound {3 + i % 2}"],
+                labels=labels,
+                spans=[[(0, 1)], [(0, 1)]],
+                sources=["a", "b"],
+                background="noise",
+            )
+        )
+    return out
+
+
+def standin_eval_fn():
+    from flam_jax.evals.hook import validation_hook
+
+    return validation_hook(standin_mixtures(), StandinTokenizer(), batch_size=4)
 
 
 def _driver(argv: list[str]) -> int:
@@ -148,12 +219,17 @@ def _driver(argv: list[str]) -> int:
     parser.add_argument("--coordinator", default="")
     parser.add_argument("--num_processes", type=int, default=0)
     parser.add_argument("--process_id", type=int, default=-1)
+    parser.add_argument("--heartbeat_timeout_s", type=int, default=100)
+    parser.add_argument("--eval", action="store_true", help="run the validation hook")
     args, rest = parser.parse_known_args(argv)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     from flam_jax.train import distributed
 
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout_s)
+    from flam_jax.train.workdir import check_shared
+
+    check_shared(args.workdir)
     overrides = {}
     for item in rest:
         key, value = item.removeprefix("--config.").split("=", 1)
@@ -167,10 +243,13 @@ def _driver(argv: list[str]) -> int:
         args.workdir,
         model_factory=standin_model_factory,
         data_factory=lambda c, m: standin_data_factory(c, m, args.slow),
+        eval_fn=standin_eval_fn() if args.eval else None,
     )
     print(f"RESULT {result['status']} {result['step']}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_driver(sys.argv[1:]))
+    from flam_jax.cli import report_errors
+
+    sys.exit(report_errors(_driver)(sys.argv[1:]))

@@ -24,6 +24,7 @@ from miniaudio import ffi as _ffi
 from miniaudio import lib as _dr_flac
 from scipy import signal
 
+from flam_jax import paths
 from flam_jax.errors import AudioDecodeError
 
 SAMPLE_RATE = 48_000
@@ -54,8 +55,13 @@ def _read(file_like, source: str, target_rate: int) -> np.ndarray:
 
 
 def load_audio(path: str, *, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode WAV/FLAC/OGG/MP3 (anything libsndfile reads) to mono float32 at ``target_rate``."""
+    """Decode WAV/FLAC/OGG/MP3 (anything libsndfile reads) to mono float32 at ``target_rate``;
+    ``path`` may be remote (``gs://``: read whole, then decoded from memory)."""
     path = os.fspath(path)
+    if paths.is_remote(path):
+        if not paths.isfile(path):
+            raise AudioDecodeError(f"audio file not found: {path}")
+        return _read(io.BytesIO(paths.read_bytes(path)), path, target_rate)
     if not os.path.isfile(path):
         raise AudioDecodeError(f"audio file not found: {path}")
     return _read(path, path, target_rate)

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable
 
 import grain
 import numpy as np
@@ -149,9 +150,27 @@ class _GlobalBatch:
         return batches.global_batch(pairs, self.tokenizer), info
 
 
-def _elements(sampler: HostSampler, num_epochs: int | None) -> grain.MapDataset:
-    total = sys.maxsize if num_epochs is None else sampler.epoch_size * num_epochs
-    return grain.MapDataset.range(total)
+@dataclasses.dataclass
+class Stream:
+    """One host's batches, as a ``MapDataset`` that can begin at any element of its stream."""
+
+    sampler: HostSampler
+    element: Callable  # element index -> Mixture | Pair
+    batch_size: int  # elements per batch on this host
+    batch_fn: Callable
+    num_epochs: int | None = None  # None: forever
+
+    def elements(self, origin: int = 0) -> grain.MapDataset:
+        total = sys.maxsize if self.num_epochs is None else self.sampler.epoch_size * self.num_epochs
+        return grain.MapDataset.range(origin, max(origin, total)).map(self.element)
+
+    def batches(self, origin: int = 0) -> grain.MapDataset:
+        return self.elements(origin).batch(self.batch_size, drop_remainder=True, batch_fn=self.batch_fn)
+
+    def origin_after(self, global_elements: int) -> int:
+        """Where this host's stream resumes once the whole job (any earlier layout) has
+        consumed ``global_elements`` elements: past every position the epoch has used."""
+        return self.sampler.start_after(global_elements)
 
 
 def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDataset:
@@ -169,8 +188,10 @@ def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDatase
     return it
 
 
-def sed_elements(
+def sed_dataset(
     pool: pools.ClipPool,
+    tokenizer: batches.TextTokenizer,
+    spec: batches.SedBatchSpec,
     cfg: sim.SimulatorConfig,
     *,
     seed: int,
@@ -178,24 +199,17 @@ def sed_elements(
     process_count: int = 1,
     num_epochs: int | None = None,
     sampling: str = "host",
-) -> grain.MapDataset:
-    """This host's stream of simulated ``Mixture``s (element i: ``HostSampler.element(i)``)."""
+) -> Stream:
+    """This host's batches of simulated mixtures, as (SED batch, info) (element i:
+    ``HostSampler.element(i)``; ``num_epochs=None`` repeats forever)."""
     sampler = HostSampler(len(pool), seed, SED_STREAM, process_index, process_count, sampling)
     element = _Simulate(pool, cfg, sampler, EventCandidates(sampler, pool.event_indices))
-    return _elements(sampler, num_epochs).map(element)
+    return Stream(sampler, element, spec.clips, _SedBatch(tokenizer, spec), num_epochs)
 
 
-def sed_dataset(
-    pool: pools.ClipPool,
-    tokenizer: batches.TextTokenizer,
-    spec: batches.SedBatchSpec,
-    cfg: sim.SimulatorConfig,
-    **kwargs,
-) -> grain.MapDataset:
-    """Host-sharded batches of simulated mixtures, as (SED batch, info); keywords as
-    ``sed_elements`` (``num_epochs=None`` repeats forever)."""
-    ds = sed_elements(pool, cfg, **kwargs)
-    return ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
+def sed_elements(pool: pools.ClipPool, cfg: sim.SimulatorConfig, **kwargs) -> grain.MapDataset:
+    """This host's simulated ``Mixture``s, unbatched (keywords as ``sed_dataset``)."""
+    return sed_dataset(pool, None, batches.SedBatchSpec(1, 1), cfg, **kwargs).elements()
 
 
 def annotated_dataset(
@@ -208,11 +222,10 @@ def annotated_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: int | None = None,
-) -> grain.MapDataset:
-    """Host-sharded batches of strongly labelled recordings (``strong`` builder)."""
+) -> Stream:
+    """This host's batches of strongly labelled recordings (``strong`` builder)."""
     sampler = HostSampler(len(pool), seed, SED_STREAM, process_index, process_count)
-    ds = _elements(sampler, num_epochs).map(_Annotated(pool, cfg, sampler))
-    return ds.batch(spec.clips, drop_remainder=True, batch_fn=_SedBatch(tokenizer, spec))
+    return Stream(sampler, _Annotated(pool, cfg, sampler), spec.clips, _SedBatch(tokenizer, spec), num_epochs)
 
 
 def global_dataset(
@@ -226,26 +239,28 @@ def global_dataset(
     process_count: int = 1,
     num_epochs: int | None = None,
     sampling: str = "host",
-) -> grain.MapDataset:
-    """Host-sharded batches of audio–caption pairs, as (global batch, info)."""
+) -> Stream:
+    """This host's batches of audio–caption pairs, as (global batch, info)."""
     sampler = HostSampler(len(pool), seed, GLOBAL_STREAM, process_index, process_count, sampling)
     candidates = EventCandidates(sampler, np.flatnonzero(pool.index.readable))  # replacements
-    ds = _elements(sampler, num_epochs).map(_Pair(pool, num_samples, sampler, candidates))
-    return ds.batch(batch_size, drop_remainder=True, batch_fn=_GlobalBatch(tokenizer))
+    element = _Pair(pool, num_samples, sampler, candidates)
+    return Stream(sampler, element, batch_size, _GlobalBatch(tokenizer), num_epochs)
 
 
 class DataIterator:
-    """Batches of a pipeline, with the decode-error budget and checkpointable state.
+    """Batches of a ``Stream``, with the decode-error budget and checkpointable state.
 
-    ``get_state``/``set_state`` exchange bytes (JSON: the batch position, the sources that
-    failed so far, and the process layout), the protocol of
-    ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` for Orbax. Worker processes
-    start on the first ``next`` and stop on ``close`` (or when the iterator is collected).
+    ``get_state``/``set_state`` exchange bytes (JSON: the element the stream began at, the
+    batches consumed since, the sources that failed so far, and the process layout), the
+    protocol of ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` for Orbax.
+    ``restore_at_step`` places the iterator after a checkpoint written by another number
+    of processes. Worker processes start on the first ``next`` and stop on ``close`` (or
+    when the iterator is collected).
     """
 
     def __init__(
         self,
-        dataset: grain.MapDataset,
+        stream: Stream,
         max_decode_errors: int,
         name: str = "data",
         *,
@@ -253,14 +268,15 @@ class DataIterator:
         buffer: int = 2,
         layout: tuple[int, int] = (0, 1),
     ):
-        self._dataset = dataset
+        self._stream = stream
         self._budget = max_decode_errors
         self._name = name
         self._workers = workers
         self._buffer = buffer
         self._layout = layout
         self._iterator = None
-        self.position = 0  # batches consumed
+        self.origin = 0  # the element of this host's stream that batch 0 begins with
+        self.position = 0  # batches consumed since
         self.failed_sources: list[str] = []
         self._mixtures = self._synthetic = 0
 
@@ -269,7 +285,8 @@ class DataIterator:
 
     def __next__(self) -> dict:
         if self._iterator is None:
-            rest = self._dataset[self.position :] if self.position else self._dataset
+            rest = self._stream.batches(self.origin)
+            rest = rest[self.position :] if self.position else rest
             self._iterator = iter(_finish(rest, self._workers, self._buffer))
         batch, info = next(self._iterator)
         self.position += 1
@@ -301,6 +318,7 @@ class DataIterator:
 
     def get_state(self) -> bytes:
         state = {
+            "origin": self.origin,
             "position": self.position,
             "failed_sources": self.failed_sources,
             "process_index": self._layout[0],
@@ -318,6 +336,7 @@ class DataIterator:
                     "continued: start the run in a new workdir"
                 )
             position, failed = int(decoded["position"]), list(decoded["failed_sources"])
+            origin = int(decoded.get("origin", 0))
             layout = (int(decoded["process_index"]), int(decoded["process_count"]))
         except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"{self._name} pipeline: cannot read iterator state: {err!r}") from err
@@ -327,7 +346,27 @@ class DataIterator:
                 f"this is process {self._layout[0]} of {self._layout[1]}"
             )
         self.close()
-        self.position, self.failed_sources = position, failed
+        self.origin, self.position, self.failed_sources = origin, position, failed
+
+    def restore_at_step(self, step: int, saved: list[bytes]) -> None:
+        """Resume after ``step`` steps of a run whose checkpoint another number of
+        processes wrote (``saved``: every process's ``get_state``). Each step consumed one
+        batch on every host, i.e. ``step`` times the job's batch of elements, so this host
+        continues its stream after every position the job has used; the failed sources of
+        all old processes are kept. What changes: which host makes which mixture, so the
+        sample order differs from a run that kept its layout."""
+        failed: list[str] = []
+        for blob in saved:
+            try:
+                failed += json.loads(bytes(blob).decode("utf-8"))["failed_sources"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise DataError(
+                    f"{self._name} pipeline: cannot read a saved iterator state: {err!r}"
+                ) from err
+        self.close()
+        consumed = step * self._stream.batch_size * self._layout[1]
+        self.origin, self.position = self._stream.origin_after(consumed), 0
+        self.failed_sources = list(dict.fromkeys(failed))
 
     def start_prefetch(self) -> None:
         """Called by grain's checkpoint handler after a restore; prefetch starts on demand."""

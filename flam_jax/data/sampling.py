@@ -62,6 +62,12 @@ class HostSampler:
         position = self.process_index + k * self.process_count
         return Element(epoch, position, int(self.permutation(epoch)[position]))
 
+    def start_after(self, consumed: int) -> int:
+        """This host's element index once the whole job, in any layout, has consumed
+        ``consumed`` elements: the epoch they reach, past every position used in it."""
+        epoch, used = divmod(int(consumed), self.count)
+        return epoch * self.epoch_size + len(range(self.process_index, used, self.process_count))
+
     def rng(self, element: Element) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.stream, element.epoch, element.position])
 

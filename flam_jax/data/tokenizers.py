@@ -20,9 +20,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from flam_jax import paths
 from flam_jax.errors import InputError, ModelLoadError
 
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+
+
+def _local(path_or_dir: str) -> str:
+    if not paths.is_remote(path_or_dir):
+        return os.fspath(path_or_dir)
+    if paths.isfile(path_or_dir):
+        return paths.local_copy(path_or_dir)
+    if not paths.isdir(path_or_dir):
+        raise ModelLoadError(f"tokenizer path not found: {path_or_dir}")
+    wanted = {"tokenizer.json", "vocab.json", "merges.txt"}
+    names = [n for n in paths.listdir(path_or_dir) if n in wanted or n.endswith(".model")]
+    return paths.local_copy(path_or_dir, names)
 
 
 class Tokenizer:
@@ -154,8 +167,10 @@ def load_tokenizer(path_or_dir: str, context_length: int = 77) -> Tokenizer:
     """A tokenizer from a file or a directory.
 
     In a directory, ``tokenizer.json`` wins, then ``vocab.json`` + ``merges.txt``, then a
-    single sentencepiece ``*.model``.
+    single sentencepiece ``*.model``. A remote file or folder is copied here first (only its
+    tokenizer files: an HF model folder also holds the weights).
     """
+    path_or_dir = _local(path_or_dir)
     if os.path.isfile(path_or_dir):
         if path_or_dir.endswith(".json"):
             return hf_tokenizer_json(path_or_dir, context_length)

@@ -9,11 +9,14 @@ Every benchmark becomes a list of ``Item``s whose audio is decoded on demand.
 
 import csv
 import dataclasses
+import hashlib
+import io
 import os
 from collections.abc import Callable
 
 import numpy as np
 
+from flam_jax import paths
 from flam_jax.errors import DataError, InputError
 
 
@@ -85,23 +88,39 @@ def open_source(bench: Benchmark, data_dir: str, split: str | None = None, cache
     """The builder's random-access source for ``bench`` (building a raw folder first)."""
     from flam_jax.data import builders
 
-    if not os.path.isdir(data_dir):
+    if not paths.isdir(data_dir):
         raise DataError(f"data directory not found: {data_dir}")
-    try:
-        builders.load(bench.kind, data_dir, bench.splits[0], bench.config)
-        built_dir = data_dir
-    except DataError as err:
-        if "is not built" not in str(err):
-            built_dir = data_dir  # built, the preferred split is just missing
-        else:
-            built_dir = cache_dir or os.path.join(data_dir, ".flam_tfds")
+    if paths.is_remote(data_dir):  # a raw folder in a bucket: built into a local cache
+        built_dir = paths.require_local(cache_dir or _local_cache(data_dir), "--cache-dir")
+        if not _is_built(bench, built_dir):
             builders.build(bench.kind, data_dir, built_dir, bench.config)
+    elif _is_built(bench, data_dir) is not False:
+        built_dir = data_dir
+    else:
+        built_dir = cache_dir or os.path.join(data_dir, ".flam_tfds")
+        builders.build(bench.kind, data_dir, built_dir, bench.config)
     for candidate in [split] if split else bench.splits:
         try:
             return builders.load(bench.kind, built_dir, candidate, bench.config), candidate
         except DataError as err:
             last = err
     raise last
+
+
+def _is_built(bench: Benchmark, data_dir: str) -> bool | None:
+    """True: built with the preferred split; None: built without it; False: not built."""
+    from flam_jax.data import builders
+
+    try:
+        builders.load(bench.kind, data_dir, bench.splits[0], bench.config)
+        return True
+    except DataError as err:
+        return False if "is not built" in str(err) else None
+
+
+def _local_cache(url: str) -> str:
+    digest = hashlib.sha1(url.encode()).hexdigest()[:12]
+    return os.path.join(os.path.expanduser("~/.cache/flam_jax/eval_tfds"), digest)
 
 
 def read_items(source) -> list[Item]:
@@ -142,13 +161,13 @@ def label_names(data_dir: str, path: str | None = None) -> dict[str, str]:
     (mid<TAB>name, no header) or ``class_labels_indices.csv`` (index,mid,display_name).
     Empty when there is none: labels are then used as they are.
     """
-    candidates = [path] if path else [os.path.join(data_dir, name) for name in LABEL_NAME_FILES]
+    candidates = [path] if path else [paths.join(data_dir, name) for name in LABEL_NAME_FILES]
     for candidate in candidates:
-        if not candidate or not os.path.isfile(candidate):
+        if not candidate or not paths.isfile(candidate):
             if path:
                 raise DataError(f"label name file not found: {path}")
             continue
-        with open(candidate, newline="", encoding="utf-8") as f:
+        with io.StringIO(paths.read_text(candidate), newline="") as f:
             if candidate.endswith(".tsv"):
                 rows = [r for r in csv.reader(f, delimiter="\t") if len(r) >= 2]
                 return {r[0].strip(): r[1].strip() for r in rows}

@@ -12,7 +12,9 @@ negative query (open vocabulary: AUROC pooled, "micro").
 
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from flam_jax.data import simulate as sim
 from flam_jax.data.batches import normalise_caption
@@ -62,38 +64,67 @@ def frame_auroc_hook(score_fn: ScoreFn, mixtures: Sequence[sim.Mixture], *, batc
     return {"frame_auroc_micro": out["micro"], "frame_auroc_macro": out["macro"]}
 
 
-def model_score_fn(model, tokenizer) -> ScoreFn:
-    """A score function for a ``models.flam.FlamModel``: texts are embedded once per set of
-    queries, and an ``nnx.Module`` runs under ``nnx.jit``."""
-    from flax import nnx
+class ValidationHook:
+    """``hook(model, step) -> {"frame_auroc_micro", "frame_auroc_macro"}`` on fixed mixtures.
 
-    def embed_text(model, ids, mask):
-        return model.embed_text(ids, mask)
+    Built once per run: queries, token ids and the audio batches are prepared here, and the
+    two jitted functions (texts → embeddings, audio batch → scores) are traced on the first
+    call and reused after (the last batch is padded, so one shape). They take the model's
+    state as an argument, so parameters split over the devices of several processes are
+    fine: every input is a replicated global array and every output is replicated, which
+    each process reads whole.
+    """
 
-    def scores(model, audio, emb, alpha, beta):
-        frames, _ = model.embed_audio(audio)
-        return model.frame_scores(frames, emb, alpha, beta)
+    def __init__(self, mixtures: Sequence[sim.Mixture], tokenizer, *, batch_size: int = 8):
+        self.queries, self.labels = mixture_queries(mixtures)
+        if not self.queries:
+            raise InputError("the validation mixtures hold no events")
+        self.ids, self.mask = (np.asarray(x, np.int32) for x in tokenizer.encode(self.queries))
+        audio = np.stack([m.audio for m in mixtures]).astype(np.float32)
+        padded = -(-len(audio) // batch_size) * batch_size
+        self.count, self.batch_size = len(audio), batch_size
+        self.audio = np.concatenate([audio, np.zeros((padded - len(audio), audio.shape[1]), np.float32)])
+        self._graphdef = None
 
-    if isinstance(model, nnx.Module):
-        embed_text, scores = nnx.jit(embed_text), nnx.jit(scores)
-    cache: dict[tuple[str, ...], tuple] = {}
+    def _compile(self, graphdef, state) -> None:
+        from flax import nnx
 
-    def score(audio, texts):
-        key = tuple(texts)
-        if key not in cache:
-            cache.clear()
-            ids, mask = tokenizer.encode(list(texts))
-            cache[key] = embed_text(model, ids, mask)
-        return np.asarray(scores(model, audio, *cache[key]))
+        shardings = [getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(state)]
+        mesh = next((s.mesh for s in shardings if isinstance(s, NamedSharding)), None)
+        self._replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+        out = {} if self._replicated is None else {"out_shardings": self._replicated}
 
-    return score
+        def embed_text(state, ids, mask):
+            return nnx.merge(graphdef, state).embed_text(ids, mask)
+
+        def scores(state, audio, emb, alpha, beta):
+            model = nnx.merge(graphdef, state)
+            frames, _ = model.embed_audio(audio)
+            return model.frame_scores(frames, emb, alpha, beta)
+
+        self.embed_text, self.scores = jax.jit(embed_text, **out), jax.jit(scores, **out)
+        self._graphdef = graphdef
+
+    def _place(self, x: np.ndarray):
+        if self._replicated is None:
+            return x
+        return jax.make_array_from_process_local_data(self._replicated, x, x.shape)
+
+    def __call__(self, model, step=None) -> dict:
+        from flax import nnx
+
+        graphdef, state = nnx.split(model)
+        if graphdef != self._graphdef:
+            self._compile(graphdef, state)
+        emb, alpha, beta = self.embed_text(state, self._place(self.ids), self._place(self.mask))
+        out = []
+        for start in range(0, len(self.audio), self.batch_size):
+            batch = self._place(self.audio[start : start + self.batch_size])
+            out.append(np.asarray(self.scores(state, batch, emb, alpha, beta), dtype=np.float32))
+        result = frame_auroc(np.concatenate(out)[: self.count], self.labels)
+        return {"frame_auroc_micro": result["micro"], "frame_auroc_macro": result["macro"]}
 
 
-def validation_hook(mixtures: Sequence[sim.Mixture], tokenizer, *, batch_size: int = 8):
+def validation_hook(mixtures: Sequence[sim.Mixture], tokenizer, *, batch_size: int = 8) -> ValidationHook:
     """``eval_fn(model, step) -> dict`` for ``train.trainer`` (keys become ``eval/...``)."""
-
-    def eval_fn(model, step):
-        del step
-        return frame_auroc_hook(model_score_fn(model, tokenizer), mixtures, batch_size=batch_size)
-
-    return eval_fn
+    return ValidationHook(mixtures, tokenizer, batch_size=batch_size)

@@ -6,11 +6,13 @@ calibration figure, paper Fig. 3) and ``activation_maps.png`` (scores against re
 frames for a few clips).
 """
 
+import io
 import json
 import math
-import os
 
 import numpy as np
+
+from flam_jax import paths
 
 
 def _plain(value):
@@ -35,16 +37,15 @@ def _fmt(value) -> str:
 
 
 def write_report(out_dir: str, result: dict, curves: dict, examples: list[dict]) -> list[str]:
-    """Write the report; returns the paths written."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write the report (local or remote ``out_dir``); returns the paths written."""
+    paths.makedirs(out_dir)
     written = []
-    path = os.path.join(out_dir, "metrics.json")
-    with open(path, "w") as f:
-        json.dump({**result, "metrics": {k: _plain(v) for k, v in result["metrics"].items()}}, f, indent=2)
+    path = paths.join(out_dir, "metrics.json")
+    plain = {**result, "metrics": {k: _plain(v) for k, v in result["metrics"].items()}}
+    paths.write_text(path, json.dumps(plain, indent=2))
     written.append(path)
-    path = os.path.join(out_dir, "metrics.md")
-    with open(path, "w") as f:
-        f.write(markdown_table(result))
+    path = paths.join(out_dir, "metrics.md")
+    paths.write_text(path, markdown_table(result))
     written.append(path)
     if curves or examples:
         written += _plots(out_dir, result, curves, examples)
@@ -107,8 +108,10 @@ def _plots(out_dir, result, curves, examples) -> list[str]:
 def _save(fig, out_dir, name) -> str:
     import matplotlib.pyplot as plt
 
-    path = os.path.join(out_dir, name)
+    path = paths.join(out_dir, name)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)
+    paths.write_bytes(path, buffer.getvalue())
     return path

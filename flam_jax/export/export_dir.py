@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flam_jax import paths
 from flam_jax.errors import CheckpointError, FlamError, ModelLoadError
 from flam_jax.jsonfile import read_json
 
@@ -39,18 +41,17 @@ def model_config_dict(model_config) -> dict:
 
 
 def save_export(out_dir: str, weights: dict[str, np.ndarray], model_config, tokenizer=None, source: str = ""):
-    """Write an export directory from a flat weight dict (``export.weights.get_weights``)."""
-    from safetensors.numpy import save_file
-
-    os.makedirs(out_dir, exist_ok=True)
+    """Write an export directory (local or remote) from a flat weight dict
+    (``export.weights.get_weights``)."""
+    paths.makedirs(out_dir)
     tokenizer_entry = None
     if tokenizer is not None:
-        tokenizer.save(os.path.join(out_dir, TOKENIZER_DIR))
+        with tempfile.TemporaryDirectory() as folder:  # tokenizers write local files
+            tokenizer.save(folder)
+            paths.upload_tree(folder, paths.join(out_dir, TOKENIZER_DIR))
         tokenizer_entry = TOKENIZER_DIR
     arrays = {k: np.array(v, order="C") for k, v in weights.items()}  # keeps 0-d scalars 0-d
-    tmp = os.path.join(out_dir, PARAMS_FILE + ".tmp")
-    save_file(arrays, tmp, metadata={"format": FORMAT, "version": str(VERSION)})
-    os.replace(tmp, os.path.join(out_dir, PARAMS_FILE))
+    write_params(paths.join(out_dir, PARAMS_FILE), arrays, {"format": FORMAT, "version": str(VERSION)})
     config = {
         "format": FORMAT,
         "version": VERSION,
@@ -58,14 +59,36 @@ def save_export(out_dir: str, weights: dict[str, np.ndarray], model_config, toke
         "tokenizer": tokenizer_entry,
         "source": source,
     }
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    paths.write_text(paths.join(out_dir, CONFIG_FILE), json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_params(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """A safetensors file, written whole (a local file through a renamed temporary)."""
+    from safetensors.numpy import save, save_file
+
+    if paths.is_remote(path):
+        paths.write_bytes(path, save(arrays, metadata=metadata))
+        return
+    tmp = path + ".tmp"
+    save_file(arrays, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_params(path: str, error: type[FlamError] = ModelLoadError) -> dict[str, np.ndarray]:
+    """A safetensors file (local or remote) as numpy arrays; missing or damaged → ``error``."""
+    from safetensors.numpy import load, load_file
+
+    if not paths.isfile(path):
+        raise error(f"{path} not found")
+    try:
+        return load(paths.read_bytes(path)) if paths.is_remote(path) else load_file(path)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise error(f"cannot read {path}: {err}") from err
 
 
 def read_config(export_dir: str) -> dict:
-    path = os.path.join(export_dir, CONFIG_FILE)
-    if not os.path.isdir(export_dir):
+    path = paths.join(export_dir, CONFIG_FILE)
+    if not paths.isdir(export_dir):
         raise ModelLoadError(f"export directory not found: {export_dir}")
     config = read_json(path, ModelLoadError, f"{export_dir} is not an export directory (no {CONFIG_FILE})")
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
@@ -103,22 +126,17 @@ def _materialise_rng_state(model: nnx.Module, seed: int = 0) -> None:
 
 
 def load_export(export_dir: str):
-    """(model, model_config, tokenizer or None) from an export directory."""
-    from safetensors.numpy import load_file
-
+    """(model, model_config, tokenizer or None) from an export directory (local or remote)."""
     from flam_jax.data.tokenizers import load_tokenizer
     from flam_jax.export.weights import set_weights
     from flam_jax.models.flam import build_model
 
     config = read_config(export_dir)
-    model_cfg = _full_model_config(config["model"], os.path.join(export_dir, CONFIG_FILE))
-    params_path = os.path.join(export_dir, PARAMS_FILE)
-    if not os.path.isfile(params_path):
+    model_cfg = _full_model_config(config["model"], paths.join(export_dir, CONFIG_FILE))
+    params_path = paths.join(export_dir, PARAMS_FILE)
+    if not paths.isfile(params_path):
         raise ModelLoadError(f"{export_dir} has no {PARAMS_FILE}")
-    try:
-        weights = load_file(params_path)
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ModelLoadError(f"cannot read {params_path}: {err}") from err
+    weights = read_params(params_path)
     try:
         model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
         set_weights(model, weights, what=params_path)
@@ -129,5 +147,5 @@ def load_export(export_dir: str):
     _materialise_rng_state(model)
     tokenizer = None
     if config.get("tokenizer"):
-        tokenizer = load_tokenizer(os.path.join(export_dir, config["tokenizer"]), model_cfg.context_length)
+        tokenizer = load_tokenizer(paths.join(export_dir, config["tokenizer"]), model_cfg.context_length)
     return model, model_cfg, tokenizer

@@ -7,12 +7,13 @@ The HF names map one to one onto the tower's roles; Linear weights are transpose
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
+from flam_jax import paths
 from flam_jax.errors import CheckpointError
+from flam_jax.export.export_dir import read_params
 from flam_jax.export.weights import Conversion, set_weights, weight_shapes
 from flam_jax.models.configs import TextConfig
 
@@ -55,10 +56,9 @@ def map_text_weights(conv: Conversion, num_layers: int, source: str = "", target
 
 def text_config_from_hf(directory: str, context_length: int = 77, dropout: float | None = None) -> TextConfig:
     """A ``TextConfig`` from an HF ``config.json`` (BERT or RoBERTa family)."""
-    path = os.path.join(directory, "config.json")
+    path = paths.join(directory, "config.json")
     try:
-        with open(path) as f:
-            hf = json.load(f)
+        hf = json.loads(paths.read_text(path))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path}: {err}") from err
     kind = hf.get("model_type", "")
@@ -86,15 +86,10 @@ def text_config_from_hf(directory: str, context_length: int = 77, dropout: float
 
 
 def read_safetensors(directory: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    path = os.path.join(directory, "model.safetensors")
-    if not os.path.isfile(path):
+    path = paths.join(directory, "model.safetensors")
+    if not paths.isfile(path):
         raise CheckpointError(f"no model.safetensors in {directory}")
-    try:
-        return load_file(path)
-    except Exception as err:  # corrupt header or truncated file
-        raise CheckpointError(f"cannot read {path}: {err}") from err
+    return read_params(path, CheckpointError)
 
 
 def _strip_prefix(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

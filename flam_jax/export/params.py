@@ -15,11 +15,11 @@ converter writes too): config.json, params.safetensors (float32, or bfloat16 wit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 
+from flam_jax import paths
 from flam_jax.cli import report_errors
 from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
 from flam_jax.jsonfile import read_json
@@ -29,19 +29,19 @@ DTYPES = ("float32", "bfloat16")
 
 def checkpoint_steps(workdir: str) -> list[int]:
     """Complete steps under ``workdir/checkpoints`` (Orbax renames a step's temporary dir when done)."""
-    root = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(root):
+    root = paths.join(workdir, "checkpoints")
+    if not paths.isdir(root):
         return []
     steps = []
-    for name in os.listdir(root):
-        if name.isdigit() and os.path.isdir(os.path.join(root, name, "state")):
+    for name in paths.listdir(root):
+        if name.isdigit() and paths.isdir(paths.join(root, name, "state")):
             steps.append(int(name))
     return sorted(steps)
 
 
 def read_training_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isdir(workdir):
+    path = paths.join(workdir, "config.json")
+    if not paths.isdir(workdir):
         raise CheckpointError(f"training workdir not found: {workdir}")
     config = read_json(path, CheckpointError, f"{workdir} is not a training workdir (no config.json)")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
@@ -54,7 +54,7 @@ def restore_weights(state_dir: str) -> dict[str, np.ndarray]:
     import orbax.checkpoint as ocp
 
     # Orbax reads a relative path's metadata as missing (a TypeError deep inside).
-    state_dir = os.path.abspath(state_dir)
+    state_dir = paths.resolve(state_dir)
     try:
         checkpointer = ocp.PyTreeCheckpointer()
         meta = checkpointer.metadata(state_dir)
@@ -114,10 +114,10 @@ def export_workdir(
     elif step not in steps:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step} (have {steps})")
     try:
-        model_cfg = _full_model_config(config["model"], os.path.join(workdir, "config.json"))
+        model_cfg = _full_model_config(config["model"], paths.join(workdir, "config.json"))
     except ModelLoadError as err:
         raise CheckpointError(str(err)) from err
-    stored = restore_weights(os.path.join(workdir, "checkpoints", str(step), "state"))
+    stored = restore_weights(paths.join(workdir, "checkpoints", str(step), "state"))
     model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
     names = weight_shapes(model)
     weights = {k: v for k, v in stored.items() if k in names}  # drop non-weight extras, if any
@@ -139,7 +139,7 @@ def export_workdir(
     model_cfg.text_weights = ""
     model_cfg.tokenizer = ""
     save_export(
-        out_dir, weights, model_cfg, tokenizer, source=f"flam-export {os.path.abspath(workdir)} step {step}"
+        out_dir, weights, model_cfg, tokenizer, source=f"flam-export {paths.resolve(workdir)} step {step}"
     )
     files = []
     if stablehlo:

@@ -16,7 +16,8 @@ to float32 inside), so the artefact stays small and shares the export's one weig
 
 ``StableHLOModel(EXPORT_DIR)`` deserialises and calls these with jax, numpy and
 safetensors only; this module imports nothing of flam_jax at load time (the exporter
-imports the model lazily), so the file can be copied next to an export and used alone.
+imports the model lazily), so the file can be copied next to an export and used alone
+(a local export directory, then: copy a remote one first).
 """
 
 from __future__ import annotations
@@ -51,15 +52,16 @@ def export_stablehlo(export_dir: str, *, platforms=None) -> list[str]:
     import jax
     import jax.numpy as jnp
     from flax import nnx
-    from safetensors.numpy import load_file
 
+    from flam_jax import paths
+    from flam_jax.export.export_dir import read_params
     from flam_jax.export.weights import WEIGHT_TYPES
     from flam_jax.infer.api import FLAM
     from flam_jax.models.flam import frame_scores
 
     flam = FLAM.load(export_dir)
     model = flam.model
-    stored = load_file(os.path.join(export_dir, PARAMS_FILE))
+    stored = read_params(paths.join(export_dir, PARAMS_FILE))
     graphdef, weight_state, rest = nnx.split(model, WEIGHT_TYPES, ...)
     flat = list(nnx.to_flat_state(weight_state))
 
@@ -108,14 +110,13 @@ def export_stablehlo(export_dir: str, *, platforms=None) -> list[str]:
             score_args,
         )
     lowered_for = _lower_platforms(platforms)
-    out_dir = os.path.join(export_dir, SUBDIR)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = paths.join(export_dir, SUBDIR)
+    paths.makedirs(out_dir)
     files = {}
     for name, (fn, args) in specs.items():
         exported = jax.export.export(jax.jit(fn), platforms=lowered_for)(*args)
         files[name] = f"{name}.bin"
-        with open(os.path.join(out_dir, files[name]), "wb") as f:
-            f.write(exported.serialize())
+        paths.write_bytes(paths.join(out_dir, files[name]), bytes(exported.serialize()))
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -126,10 +127,8 @@ def export_stablehlo(export_dir: str, *, platforms=None) -> list[str]:
         "frame_rate_hz": cfg.num_frames * 48000 / window,
         "context_length": context,
     }
-    with open(os.path.join(out_dir, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return [os.path.join(out_dir, name) for name in [MANIFEST, *files.values()]]
+    paths.write_text(paths.join(out_dir, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return [paths.join(out_dir, name) for name in [MANIFEST, *files.values()]]
 
 
 class StableHLOModel:

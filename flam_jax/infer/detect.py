@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from flam_jax import paths
 from flam_jax.cli import EXIT_USAGE, report_errors
 from flam_jax.errors import FlamError, InputError
 from flam_jax.infer.windows import hop_samples
@@ -28,8 +29,7 @@ def read_queries(queries: Sequence[str] | None, queries_file: str | None) -> lis
     out = list(queries or [])
     if queries_file is not None:
         try:
-            with open(queries_file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            lines = paths.read_text(queries_file).splitlines()
         except FileNotFoundError as err:
             raise InputError(f"queries file not found: {queries_file}") from err
         except (OSError, UnicodeDecodeError) as err:
@@ -132,9 +132,7 @@ def main(argv=None) -> int:
         print(event_table(detections))
     if args.json and detections:
         doc = {"frame_rate_hz": model.frame_rate_hz, "results": [result_json(d) for d in detections]}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
+        paths.write_text(args.json, json.dumps(doc, indent=1) + "\n")
     if args.plot and detections:
         from flam_jax.infer.plots import plot_detection
 

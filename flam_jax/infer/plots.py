@@ -70,6 +70,19 @@ def plot_detection(wave: np.ndarray, detection, out_path: str, threshold: float 
     axes[-1].set_xlim(0, duration)
     axes[-1].set_xlabel("time (s)")
     fig.tight_layout()
-    fig.savefig(out_path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_path, dpi=90)
     return out_path
+
+
+def save_figure(fig, out_path: str, dpi: int) -> None:
+    """Save a matplotlib figure as PNG to a local or remote path, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from flam_jax import paths
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    plt.close(fig)
+    paths.write_bytes(out_path, buffer.getvalue())

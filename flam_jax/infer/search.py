@@ -19,12 +19,14 @@ peak frame (the peak frame alone if nothing is above).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 
 import numpy as np
 
+from flam_jax import paths
 from flam_jax.cli import report_errors
 from flam_jax.errors import DataError, FlamError, InputError
 
@@ -34,31 +36,28 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".
 
 
 def find_audio(audio_dir: str) -> list[str]:
-    """Audio files under ``audio_dir`` (relative paths, sorted)."""
-    if not os.path.isdir(audio_dir):
+    """Audio files under ``audio_dir`` (local or remote; relative paths, sorted)."""
+    if not paths.isdir(audio_dir):
         raise InputError(f"audio folder not found: {audio_dir}")
-    found = []
-    for root, dirs, files in os.walk(audio_dir):
-        dirs.sort()
-        for name in files:
-            if name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith("."):
-                found.append(os.path.relpath(os.path.join(root, name), audio_dir))
-    return sorted(found)
+    return [
+        rel
+        for rel in paths.walk_files(audio_dir)
+        if rel.lower().endswith(AUDIO_EXTENSIONS) and not os.path.basename(rel).startswith(".")
+    ]
 
 
 def read_manifest(index_dir: str) -> dict[str, dict]:
     """{relative path: its last manifest line}; a torn last line (killed mid-write) is ignored."""
     entries = {}
-    path = os.path.join(index_dir, "manifest.jsonl")
-    if not os.path.exists(path):
+    path = paths.join(index_dir, "manifest.jsonl")
+    if not paths.exists(path):
         return entries
-    with open(path) as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            entries[entry["path"]] = entry
+    for line in paths.read_text(path).splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        entries[entry["path"]] = entry
     return entries
 
 
@@ -66,12 +65,12 @@ def _open_index(index_dir: str, model_dir: str, audio_dir: str, hop_s: float) ->
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "model": os.path.abspath(model_dir),
-        "audio_dir": os.path.abspath(audio_dir),
+        "model": paths.resolve(model_dir),
+        "audio_dir": paths.resolve(audio_dir),
         "hop_s": hop_s,
     }
-    path = os.path.join(index_dir, "index.json")
-    if os.path.exists(path):
+    path = paths.join(index_dir, "index.json")
+    if paths.exists(path):
         old = read_index_meta(index_dir)
         if (old["model"], old["audio_dir"], old["hop_s"]) != (meta["model"], meta["audio_dir"], hop_s):
             raise InputError(
@@ -79,16 +78,14 @@ def _open_index(index_dir: str, model_dir: str, audio_dir: str, hop_s: float) ->
                 f"{old['hop_s']} s; use another --out to index differently"
             )
         return
-    os.makedirs(os.path.join(index_dir, "items"), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(meta, f, indent=1)
+    paths.makedirs(paths.join(index_dir, "items"))
+    paths.write_text(path, json.dumps(meta, indent=1))
 
 
 def read_index_meta(index_dir: str) -> dict:
-    path = os.path.join(index_dir, "index.json")
+    path = paths.join(index_dir, "index.json")
     try:
-        with open(path) as f:
-            meta = json.load(f)
+        meta = json.loads(paths.read_text(path))
     except FileNotFoundError as err:
         raise InputError(f"{index_dir} is not a flam-search index (no index.json)") from err
     except (OSError, ValueError) as err:
@@ -122,56 +119,57 @@ def build_index(
     done = {
         p: e
         for p, e in read_manifest(index_dir).items()
-        if "item" in e and os.path.exists(os.path.join(index_dir, e["item"]))
+        if "item" in e and paths.exists(paths.join(index_dir, e["item"]))
     }
     todo = [p for p in files if p not in done]
     next_id = 1 + max((int(os.path.basename(e["item"]).split(".")[0]) for e in done.values()), default=-1)
     failures = []
-    manifest_path = os.path.join(index_dir, "manifest.jsonl")
-    _end_torn_line(manifest_path)
-    with open(manifest_path, "a") as manifest:
+    manifest = paths.AppendLog(paths.join(index_dir, "manifest.jsonl"))
+    manifest.end_line()
+    try:
         for rel in tqdm(todo, desc="indexing", unit="file", disable=not progress, file=sys.stderr):
             try:
-                emb = model.embed_windows(os.path.join(audio_dir, rel), hop_s=hop_s)
+                emb = model.embed_windows(paths.join(audio_dir, rel), hop_s=hop_s)
             except FlamError as err:
                 failures.append((rel, str(err)))
                 manifest.write(json.dumps({"path": rel, "error": str(err)}) + "\n")
                 manifest.flush()
                 continue
-            item = os.path.join("items", f"{next_id:07d}.npz")
+            item = f"items/{next_id:07d}.npz"
             next_id += 1
-            tmp = os.path.join(index_dir, item + ".tmp.npz")
-            np.savez(
-                tmp,
-                frames=emb.frames.astype(np.float16),
-                starts=np.asarray(emb.starts, np.int64),
-                num_samples=np.int64(emb.num_samples),
-                global_=emb.global_,
-            )
-            os.replace(tmp, os.path.join(index_dir, item))
+            arrays = {
+                "frames": emb.frames.astype(np.float16),
+                "starts": np.asarray(emb.starts, np.int64),
+                "num_samples": np.int64(emb.num_samples),
+                "global_": emb.global_,
+            }
+            paths.write_bytes(paths.join(index_dir, item), _npz_bytes(arrays))
             manifest.write(json.dumps({"path": rel, "item": item, "duration_s": emb.duration_s}) + "\n")
             manifest.flush()
+    finally:
+        manifest.close()
     _write_globals(index_dir)
     return len(todo) - len(failures), len(done), failures
 
 
-def _end_torn_line(path: str) -> None:
-    """Terminate a last line cut short by a kill, so the next entry starts on its own line."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) != b"\n":
-            f.write(b"\n")
+def _npz_bytes(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _load_npz(path: str):
+    return np.load(io.BytesIO(paths.read_bytes(path)))
 
 
 def _write_globals(index_dir: str) -> None:
     entries = [e for e in read_manifest(index_dir).values() if "item" in e]
-    globals_ = [np.load(os.path.join(index_dir, e["item"]))["global_"] for e in entries]
+    globals_ = [_load_npz(paths.join(index_dir, e["item"]))["global_"] for e in entries]
     matrix = np.stack(globals_) if globals_ else np.zeros((0, 0), np.float32)
-    np.save(os.path.join(index_dir, "globals.npy"), matrix)
-    with open(os.path.join(index_dir, "globals.json"), "w") as f:
-        json.dump(entries, f)
+    buffer = io.BytesIO()
+    np.save(buffer, matrix)
+    paths.write_bytes(paths.join(index_dir, "globals.npy"), buffer.getvalue())
+    paths.write_text(paths.join(index_dir, "globals.json"), json.dumps(entries))
 
 
 def best_span(scores: np.ndarray, frame_hop_s: float, duration_s: float, threshold: float = 0.5):
@@ -201,9 +199,8 @@ def query_index(
         raise InputError(f"--top must be at least 1, got {top}")
     meta = read_index_meta(index_dir)
     try:
-        matrix = np.load(os.path.join(index_dir, "globals.npy"))
-        with open(os.path.join(index_dir, "globals.json")) as f:
-            entries = json.load(f)
+        matrix = np.load(io.BytesIO(paths.read_bytes(paths.join(index_dir, "globals.npy"))))
+        entries = json.loads(paths.read_text(paths.join(index_dir, "globals.json")))
     except (OSError, ValueError) as err:
         raise DataError(f"index {index_dir} is incomplete (run flam-search index again): {err}") from err
     if len(entries) == 0:
@@ -215,7 +212,7 @@ def query_index(
     hits = []
     for i in order.tolist():
         entry = entries[i]
-        item = np.load(os.path.join(index_dir, entry["item"]))
+        item = _load_npz(paths.join(index_dir, entry["item"]))
         windows = WindowEmbedding(
             entry["path"],
             float(entry["duration_s"]),
@@ -230,7 +227,7 @@ def query_index(
         )
         hits.append(
             {
-                "path": os.path.join(meta["audio_dir"], entry["path"]),
+                "path": paths.join(meta["audio_dir"], entry["path"]),
                 "score": float(similarity[i]),
                 "onset": round(onset, 6),
                 "offset": round(offset, 6),

@@ -20,6 +20,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
+from flam_jax import paths
 from flam_jax.errors import FlamError
 
 GIB = 2**30
@@ -344,13 +345,12 @@ def _advice(*, mesh: dict, remat: str, examples: float) -> str:
 
 def write_report(report: CompileReport, workdir: str) -> tuple[str, str]:
     """``WORKDIR/compile_report.{json,md}``; returns both paths."""
-    os.makedirs(workdir, exist_ok=True)
-    json_path = os.path.join(workdir, "compile_report.json")
-    md_path = os.path.join(workdir, "compile_report.md")
-    with open(json_path, "w") as f:
-        json.dump(report.to_json(), f, indent=2)
-    with open(md_path, "w") as f:
-        f.write(f"# Compile-only report: {report.config_name} on {report.topology}\n\n" + report.markdown())
+    paths.makedirs(workdir)
+    json_path = paths.join(workdir, "compile_report.json")
+    md_path = paths.join(workdir, "compile_report.md")
+    paths.write_text(json_path, json.dumps(report.to_json(), indent=2))
+    title = f"# Compile-only report: {report.config_name} on {report.topology}\n\n"
+    paths.write_text(md_path, title + report.markdown())
     return json_path, md_path
 
 

@@ -2,18 +2,24 @@
 
 Layout: ``WORKDIR/checkpoints/<step>/state`` (the TrainState pytree, tensorstore) and
 ``WORKDIR/checkpoints/<step>/data/process_<i>-of-<n>.json`` (each host's Grain
-iterator state). Orbax writes a step into a temporary directory and renames it when
-every item is complete, so a process killed mid-save leaves only a temporary directory,
-which is ignored (and removed) on the next start: the previous step stays the latest.
+iterator state); the workdir may be local or ``gs://`` (Orbax and tensorstore write both).
+Orbax writes a step into a temporary directory and renames it when every item is complete
+(on GCS, which cannot rename, it writes a commit marker last), so a process killed
+mid-save leaves only an incomplete step, which is ignored (and removed) on the next start:
+the previous step stays the latest.
+
+Restoring onto another number of processes: the train state goes onto the new mesh as
+always; the data iterators, whose files are per process, are placed from the step and the
+old processes' states (``restore_at_step``) instead of being read back one to one.
 """
 
-import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from flam_jax import paths
 from flam_jax.errors import CheckpointError
 from flam_jax.train.sharding import path_name
 
@@ -29,7 +35,7 @@ class Checkpointer:
     """Async save / restore of (TrainState, data iterator) under ``directory``."""
 
     def __init__(self, directory: str, *, keep: int, keep_every: int = 0, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.resolve(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep if keep > 0 else None,
             keep_period=keep_every if keep_every > 0 else None,
@@ -48,7 +54,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return paths.join(self.directory, str(step))
 
     def save(self, step: int, state, data_iterator: Any = None, *, force: bool = False) -> bool:
         """Start saving; returns at once when async (the arrays are already copied to host)."""
@@ -66,10 +72,16 @@ class Checkpointer:
         where = self.step_dir(step)
         self._check_compatible(step, abstract_state)
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
+        other_layout = None
         if data_iterator is not None:
-            if not os.path.isdir(os.path.join(where, DATA)):
+            data_dir = paths.join(where, DATA)
+            if not paths.isdir(data_dir):
                 raise CheckpointError(f"checkpoint {where} has no data iterator state")
-            items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+            own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+            if paths.exists(paths.join(data_dir, own)):
+                items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+            else:
+                other_layout = self._saved_data_states(data_dir, data_iterator)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except CheckpointError:
@@ -78,7 +90,29 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {where} cannot be restored: {type(err).__name__}: {str(err)[:300]}"
             ) from err
+        if other_layout is not None:
+            data_iterator.restore_at_step(step, other_layout)
         return restored[STATE]
+
+    def _saved_data_states(self, data_dir: str, data_iterator) -> list[bytes]:
+        """Every old process's iterator state, for a restore onto another process count."""
+        names = [n for n in paths.listdir(data_dir) if n.startswith("process_") and n.endswith(".json")]
+        counts = {n.rsplit("-of-", 1)[-1].removesuffix(".json") for n in names}
+        if len(counts) != 1 or len(names) != int(next(iter(counts), "0")):
+            raise CheckpointError(f"checkpoint {data_dir} holds an incomplete set of data iterator states")
+        if not hasattr(data_iterator, "restore_at_step"):
+            raise CheckpointError(
+                f"checkpoint {data_dir} was written by {len(names)} processes and this data iterator "
+                f"cannot resume on {jax.process_count()}"
+            )
+        if jax.process_index() == 0:
+            print(
+                f"resuming on {jax.process_count()} processes from a checkpoint of {len(names)}: "
+                "data positions follow from the step; the sample order differs from the old layout's",
+                flush=True,
+            )
+        order = sorted(names, key=lambda n: int(n.split("_")[1].split("-")[0]))
+        return [paths.read_bytes(paths.join(data_dir, n)) for n in order]
 
     def _check_compatible(self, step: int, abstract_state) -> None:
         where = self.step_dir(step)

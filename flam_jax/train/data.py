@@ -41,6 +41,18 @@ class TrainBatches:
         for name, it in self.parts.items():
             it.set_state(saved[name].encode("utf-8"))
 
+    def restore_at_step(self, step: int, saved: list[bytes]) -> None:
+        """Place every pipeline after ``step`` steps of a checkpoint written by another
+        number of processes (``saved``: each old process's ``get_state``)."""
+        try:
+            states = [json.loads(bytes(blob).decode("utf-8")) for blob in saved]
+        except ValueError as err:
+            raise CheckpointError(f"data iterator state is not JSON: {err}") from err
+        for name, it in self.parts.items():
+            if not hasattr(it, "restore_at_step") or any(name not in s for s in states):
+                raise CheckpointError(f"the {name} iterator cannot resume on another number of processes")
+            it.restore_at_step(step, [s[name].encode("utf-8") for s in states])
+
     def start_prefetch(self) -> None:
         for it in self.parts.values():
             if hasattr(it, "start_prefetch"):

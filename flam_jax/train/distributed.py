@@ -34,8 +34,15 @@ def launcher_wants_distributed(env=os.environ) -> bool:
     return len(hosts) > 1 or bool(env.get("MEGASCALE_COORDINATOR_ADDRESS"))
 
 
-def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = -1) -> bool:
-    """Join the job's processes if this is a multi-process launch; returns whether it did."""
+def initialize(
+    coordinator: str = "", num_processes: int = 0, process_id: int = -1, heartbeat_timeout_s: int = 100
+) -> bool:
+    """Join the job's processes if this is a multi-process launch; returns whether it did.
+
+    ``heartbeat_timeout_s``: after this long without a heartbeat from a process (killed, or
+    its host gone) the coordination service stops every other process with an error, so a
+    job never hangs on a dead peer; jax's default is 100 s.
+    """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     num_processes = num_processes or (_env_int("JAX_NUM_PROCESSES") or 0)
     if process_id < 0:
@@ -50,10 +57,15 @@ def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = 
         if num_processes == 1:
             return False
         _use_cpu_collectives()
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(
+            coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
+        )
         return True
     if launcher_wants_distributed():
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
         return True
     return False
 

@@ -10,11 +10,10 @@ trainer places them onto the parameters' shardings. Only a fresh run uses them: 
 resumed run continues from its checkpoint.
 """
 
-import os
-
 import numpy as np
 from flax import nnx
 
+from flam_jax import paths
 from flam_jax.errors import CheckpointError
 
 
@@ -33,17 +32,12 @@ def _text_tower_weights(model_config, abstract_model) -> dict[str, np.ndarray]:
 
 
 def _export_weights(export_dir: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    from flam_jax.export.export_dir import PARAMS_FILE, read_params
 
-    from flam_jax.export.export_dir import PARAMS_FILE
-
-    path = os.path.join(export_dir, PARAMS_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(export_dir, PARAMS_FILE)
+    if not paths.isfile(path):
         raise CheckpointError(f"train.init_from: {export_dir} has no {PARAMS_FILE}")
-    try:
-        weights = load_file(path)
-    except Exception as err:  # safetensors raises its own types for damaged files
-        raise CheckpointError(f"train.init_from: cannot read {path}: {err}") from err
+    weights = read_params(path, CheckpointError)
     # Export names are the same module paths, dotted.
     return {name.replace(".", "/"): value for name, value in weights.items()}
 

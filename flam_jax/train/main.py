@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from flam_jax import config as config_lib
+from flam_jax import paths
 from flam_jax.cli import report_errors
 from flam_jax.errors import ConfigError
 
@@ -29,6 +30,9 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_string("coordinator", "", "host:port of process 0 for jax.distributed", flag_values=fv)
     flags.DEFINE_integer("num_processes", 0, "number of processes in the job", flag_values=fv)
     flags.DEFINE_integer("process_id", -1, "this process's index in the job", flag_values=fv)
+    flags.DEFINE_integer(
+        "heartbeat_timeout_s", 100, "seconds before a silent process stops the whole job", flag_values=fv
+    )
     # Ahead-of-time check (train.aot): compile the step for a TPU topology, report, exit.
     flags.DEFINE_bool(
         "compile_only", False, "compile the train step for --topology and report", flag_values=fv
@@ -72,14 +76,25 @@ def parse_all_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str, dict]:
     if not fv.workdir:
         raise ConfigError("missing required flag --workdir=DIR")
     config = config_lib.validate(fv.config)
-    launch = {"coordinator": fv.coordinator, "num_processes": fv.num_processes, "process_id": fv.process_id}
+    launch = {
+        "coordinator": fv.coordinator,
+        "num_processes": fv.num_processes,
+        "process_id": fv.process_id,
+        "heartbeat_timeout_s": fv.heartbeat_timeout_s,
+    }
     if fv.compile_only:
         launch = {"compile_only": True, "topology": fv.topology}
     return config, fv.workdir, launch
 
 
+USAGE = "usage: flam-train --config=experiments/X.py[:variant] --workdir=DIR [--config.KEY=VALUE ...]"
+
+
 @report_errors
 def main(argv: list[str]) -> int:
+    if any(arg in ("-h", "-help", "--help", "--helpshort") for arg in argv[1:]):
+        print(f"{USAGE}\n\n{_define_flags(argv[:1]).get_help()}")
+        return 0
     config, workdir, launch = parse_all_flags(argv)
     if launch.get("compile_only"):
         return _compile_only(config, workdir, launch["topology"])
@@ -89,9 +104,15 @@ def main(argv: list[str]) -> int:
     distributed.initialize(**launch)
     import jax
 
+    from flam_jax.train import compile_cache
+    from flam_jax.train.workdir import check_shared
+
+    workdir = paths.resolve(workdir)
+    check_shared(workdir)
     if jax.process_index() == 0:
         path = config_lib.write_resolved(config, workdir)
         print(f"resolved config written to {path}")
+    compile_cache.enable(config, workdir)
     from flam_jax.train.trainer import train_and_evaluate
 
     result = train_and_evaluate(config, workdir)

@@ -14,6 +14,8 @@ import time
 
 import jax
 
+from flam_jax import paths
+
 # --- CRC-32C (Castagnoli), as TFRecord frames each length and payload with it.
 _CRC_TABLE = []
 for _byte in range(256):
@@ -71,7 +73,8 @@ def version_event(wall_time: float) -> bytes:
 
 
 class MetricWriter:
-    """Appends scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard/``.
+    """Appends scalars to ``workdir/metrics.jsonl`` and ``workdir/tensorboard/`` (local or
+    remote: ``paths.AppendLog``; a remote workdir gets each log step as one upload).
 
     After a resume, steps between the last checkpoint and the interruption are logged
     again; readers take the last line for a step.
@@ -82,11 +85,11 @@ class MetricWriter:
         self._jsonl = self._events = None
         if not self.enabled:
             return
-        os.makedirs(os.path.join(workdir, "tensorboard"), exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        paths.makedirs(paths.join(workdir, "tensorboard"))
+        self._jsonl = paths.AppendLog(paths.join(workdir, "metrics.jsonl"))
         now = time.time()
         name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}"
-        self._events = open(os.path.join(workdir, "tensorboard", name), "ab")
+        self._events = paths.AppendLog(paths.join(workdir, "tensorboard", name), binary=True)
         self._events.write(tfrecord(version_event(now)))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -11,7 +11,6 @@ benchmarks can swap in small stand-ins; the defaults build the real FLAM pieces.
 """
 
 import math
-import os
 import signal
 import threading
 import time
@@ -26,9 +25,11 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from flam_jax import paths
 from flam_jax.errors import CheckpointError, FlamError
 from flam_jax.train import sharding as sharding_lib
 from flam_jax.train.checkpoint import Checkpointer
+from flam_jax.train.compile_cache import CacheEvents
 from flam_jax.train.data import uses_global, uses_sed
 from flam_jax.train.metrics import MetricWriter, Progress
 from flam_jax.train.optim import make_optimizer
@@ -261,6 +262,7 @@ def train_and_evaluate(
     ``devices`` defaults to all devices. Returns ``{"status": "done" | "preempted",
     "step": int, "metrics": {...}}``.
     """
+    began = time.perf_counter()
     trainer = Trainer(
         config,
         workdir,
@@ -272,9 +274,7 @@ def train_and_evaluate(
     tc = config.train
     if eval_fn is None and tc.eval_every > 0:
         eval_fn = default_eval_fn(config)
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=tc.ckpt_keep, keep_every=tc.ckpt_keep_every
-    )
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), keep=tc.ckpt_keep, keep_every=tc.ckpt_keep_every)
     latest = ckpt.latest_step()
     if latest is not None:
         logging.info("restoring %s", ckpt.step_dir(latest))
@@ -295,8 +295,17 @@ def train_and_evaluate(
         with jax.set_mesh(trainer.mesh):
             for step in range(start, tc.steps):
                 batch = trainer.next_batch()
-                state, metrics = trainer.step_fn(batch)(state, batch)
+                with CacheEvents() as events:  # the first step compiles: was it in the cache?
+                    state, metrics = trainer.step_fn(batch)(state, batch)
+                    if step == start:
+                        jax.block_until_ready(metrics)
                 done = step + 1
+                if step == start and is_main:
+                    print(
+                        f"first step {done} done {time.perf_counter() - began:.1f} s after start "
+                        f"(compilation cache: {events.hits} hits, {events.misses} misses)",
+                        flush=True,
+                    )
                 history.append((done, metrics))
                 stop = preemption.requested(done)
                 save = stop or done == tc.steps or (tc.ckpt_every > 0 and done % tc.ckpt_every == 0)

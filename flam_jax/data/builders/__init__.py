@@ -15,6 +15,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from flam_jax import paths
 from flam_jax.data.builders.classification import FlamClassification
 from flam_jax.data.builders.clips import FlamClips
 from flam_jax.data.builders.pairs import FlamPairs
@@ -40,13 +41,14 @@ def _builder(kind: str, data_dir: str, config: str | None):
     if not names and config:
         raise DataError(f"dataset kind {kind!r} takes no config (got {config!r})")
     kwargs = {"config": config} if config else {}
-    return cls(data_dir=os.fspath(data_dir), file_format="array_record", **kwargs)
+    local = paths.require_local(data_dir, "dataset directory")
+    return cls(data_dir=local, file_format="array_record", **kwargs)
 
 
 def build(kind: str, manual_dir: str, data_dir: str, config: str | None = None, *, progress: bool = False):
     """Encode a manual directory into ArrayRecord files under ``data_dir`` and index every
     split (``progress``: the index's progress bar); returns the builder."""
-    if not os.path.isdir(manual_dir):
+    if not paths.isdir(manual_dir):  # local or remote: the builders read it through paths
         raise DataError(f"manual directory not found: {manual_dir}")
     builder = _builder(kind, data_dir, config)
     tfds.disable_progress_bar()

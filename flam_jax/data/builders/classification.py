@@ -7,11 +7,10 @@ Configs:
 Everything lands in one ``test`` split; evaluators cross-validate over ``fold``.
 """
 
-import os
-
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flam_jax import paths
 from flam_jax.data.builders import common
 from flam_jax.errors import DataError
 
@@ -42,10 +41,10 @@ class FlamClassification(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, folder):
         if self.builder_config.name == "esc50":
-            table = os.path.join(folder, "meta", "esc50.csv")
+            table = paths.join(folder, "meta", "esc50.csv")
             names, label_cols, id_cols = ("filename",), ("category",), ("target",)
         else:
-            table = os.path.join(folder, "metadata", "UrbanSound8K.csv")
+            table = paths.join(folder, "metadata", "UrbanSound8K.csv")
             names, label_cols, id_cols = ("slice_file_name",), ("class",), ("classID",)
         rows = common.read_table(table)
 
@@ -58,7 +57,7 @@ class FlamClassification(tfds.core.GeneratorBasedBuilder):
                     label_id = int(common.column(row, id_cols, table))
                 except ValueError as err:
                     raise DataError(f"{table}:{number}: fold and class id must be integers") from err
-                dirs = [os.path.join(folder, "audio"), os.path.join(folder, "audio", f"fold{fold}")]
+                dirs = [paths.join(folder, "audio"), paths.join(folder, "audio", f"fold{fold}")]
                 features = {
                     "label": label,
                     "caption": common.humanise_label(label),

@@ -7,10 +7,10 @@ string with "|" between captions), optional ``tags`` (same), ``source``, ``licen
 """
 
 import json
-import os
 
 import tensorflow_datasets as tfds
 
+from flam_jax import paths
 from flam_jax.data.builders import common
 from flam_jax.errors import DataError
 
@@ -24,17 +24,16 @@ def _as_list(value) -> list[str]:
 
 
 def read_manifest(folder: str) -> list[dict]:
-    jsonl, csv_path = os.path.join(folder, "manifest.jsonl"), os.path.join(folder, "manifest.csv")
-    if os.path.isfile(jsonl):
+    jsonl, csv_path = paths.join(folder, "manifest.jsonl"), paths.join(folder, "manifest.csv")
+    if paths.isfile(jsonl):
         entries = []
-        with open(jsonl, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        entries.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{jsonl}:{number}: not JSON: {err}") from err
-    elif os.path.isfile(csv_path):
+        for number, line in enumerate(paths.read_text(jsonl).splitlines(), 1):
+            if line.strip():
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{jsonl}:{number}: not JSON: {err}") from err
+    elif paths.isfile(csv_path):
         entries = common.read_table(csv_path)
     else:
         raise DataError(f"flam_clips: no manifest.jsonl or manifest.csv in {folder}")
@@ -83,8 +82,8 @@ class FlamClips(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, folder, entries):
         def items():
             for entry in entries:
-                path = os.path.join(folder, entry["path"])
+                path = paths.join(folder, entry["path"])
                 features = {k: entry[k] for k in ("captions", "tags", "source", "licence", "recording")}
-                yield entry["path"], (path if os.path.isfile(path) else None), features
+                yield entry["path"], (path if paths.isfile(path) else None), features
 
         return common.examples(items(), "flam_clips")

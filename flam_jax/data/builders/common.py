@@ -6,6 +6,7 @@ reads ArrayRecord files through its numpy paths.
 """
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flam_jax import paths
 from flam_jax.audio import io as audio_io
 from flam_jax.errors import AudioDecodeError, DataError
 
@@ -35,7 +37,7 @@ def audio_features(**extra) -> tfds.features.FeaturesDict:
 
 def manual_dir(dl_manager, builder_name: str) -> str:
     path = dl_manager.manual_dir
-    if path is None or not os.path.isdir(os.fspath(path)):
+    if path is None or not paths.isdir(os.fspath(path)):
         raise DataError(f"{builder_name}: manual directory not found: {path}")
     return os.fspath(path)
 
@@ -51,21 +53,20 @@ def find_audio(folders: Iterable[str], names: Iterable[str]) -> str | None:
     names = list(names)
     for folder in folders:
         for name in names:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
+            path = paths.join(folder, name)
+            if paths.isfile(path):
                 return path
             stem = os.path.splitext(path)[0]
             for ext in AUDIO_EXTENSIONS:
-                if os.path.isfile(stem + ext):
+                if paths.isfile(stem + ext):
                     return stem + ext
     return None
 
 
 def read_table(path: str, delimiter: str = ",") -> list[dict[str, str]]:
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise DataError(f"table not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter=delimiter))
+    rows = list(csv.DictReader(io.StringIO(paths.read_text(path), newline=""), delimiter=delimiter))
     return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
 
 

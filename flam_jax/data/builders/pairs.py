@@ -11,11 +11,11 @@ Configs:
   development -> train, evaluation -> test.
 """
 
-import os
 from collections import OrderedDict
 
 import tensorflow_datasets as tfds
 
+from flam_jax import paths
 from flam_jax.data.builders import common
 from flam_jax.errors import DataError
 
@@ -41,10 +41,10 @@ class FlamPairs(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         folder = common.manual_dir(dl_manager, f"flam_pairs/{self.builder_config.name}")
         if self.builder_config.name == "audiocaps":
-            tables = {s: os.path.join(folder, f"{n}.csv") for s, n in AUDIOCAPS_SPLITS.items()}
+            tables = {s: paths.join(folder, f"{n}.csv") for s, n in AUDIOCAPS_SPLITS.items()}
         else:
-            tables = {s: os.path.join(folder, f"clotho_captions_{n}.csv") for s, n in CLOTHO_SPLITS.items()}
-        present = {s: p for s, p in tables.items() if os.path.isfile(p)}
+            tables = {s: paths.join(folder, f"clotho_captions_{n}.csv") for s, n in CLOTHO_SPLITS.items()}
+        present = {s: p for s, p in tables.items() if paths.isfile(p)}
         if not present:
             raise DataError(f"flam_pairs/{self.builder_config.name}: no caption CSV in {folder}")
         return {s: self._generate_examples(folder, s, p) for s, p in present.items()}
@@ -58,8 +58,8 @@ class FlamPairs(tfds.core.GeneratorBasedBuilder):
         return common.examples(items, f"flam_pairs/{self.builder_config.name}")
 
     def _audiocaps(self, folder, split, table, rows):
-        dirs = [os.path.join(folder, "audio", AUDIOCAPS_SPLITS[split]), os.path.join(folder, "audio", split)]
-        dirs.append(os.path.join(folder, "audio"))
+        dirs = [paths.join(folder, "audio", AUDIOCAPS_SPLITS[split]), paths.join(folder, "audio", split)]
+        dirs.append(paths.join(folder, "audio"))
         clips: OrderedDict[str, dict] = OrderedDict()
         for row in rows:
             youtube = common.column(row, ("youtube_id",), table)
@@ -74,8 +74,8 @@ class FlamPairs(tfds.core.GeneratorBasedBuilder):
 
     def _clotho(self, folder, split, table, rows):
         dirs = [
-            os.path.join(folder, CLOTHO_SPLITS[split]),
-            os.path.join(folder, "audio", CLOTHO_SPLITS[split]),
+            paths.join(folder, CLOTHO_SPLITS[split]),
+            paths.join(folder, "audio", CLOTHO_SPLITS[split]),
         ]
         for row in rows:
             name = common.column(row, ("file_name",), table)

@@ -8,12 +8,12 @@ Each event's ``caption`` is its label made readable ("Alarm_bell_ringing" -> "al
 ringing"); closed-set SED data enter training with class names as texts.
 """
 
-import os
 from collections import OrderedDict
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flam_jax import paths
 from flam_jax.data.builders import common
 from flam_jax.errors import DataError
 
@@ -65,14 +65,14 @@ class FlamStrong(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         folder = common.manual_dir(dl_manager, "flam_strong")
-        present = [s for s in SPLITS if os.path.isfile(os.path.join(folder, f"{s}.tsv"))]
+        present = [s for s in SPLITS if paths.isfile(paths.join(folder, f"{s}.tsv"))]
         if not present:
             raise DataError(f"flam_strong: no train/validation/test .tsv in {folder}")
         return {s: self._generate_examples(folder, s) for s in present}
 
     def _generate_examples(self, folder, split):
-        clips = read_events(os.path.join(folder, f"{split}.tsv"))
-        audio_dirs = [os.path.join(folder, "audio", split), os.path.join(folder, "audio"), folder]
+        clips = read_events(paths.join(folder, f"{split}.tsv"))
+        audio_dirs = [paths.join(folder, "audio", split), paths.join(folder, "audio"), folder]
 
         def items():
             for name, events in clips.items():

@@ -1,0 +1,217 @@
+"""One path layer for every file the project reads or writes: local paths and ``gs://``.
+
+Built on etils ``epath`` (gcsfs behind it for ``gs://``, pinned in requirements.txt);
+local paths behave exactly as with ``os`` and ``open``. Object stores differ from a file
+system in three ways that matter here, and each has one answer:
+
+- no atomic rename: ``write_bytes``/``write_text`` write a temporary file and rename it
+  locally, and upload one object remotely (an object appears whole or not at all);
+- no append: ``AppendLog`` appends locally and, remotely, keeps the text in memory and
+  uploads the whole object on every ``flush`` (metric logs stay small);
+- libraries that open local files only (HF tokenizers, sentencepiece): ``local_copy``
+  downloads a remote file or folder once per process into a temporary folder.
+
+TFDS's ArrayRecord files are the exception: their C++ reader and writer open local paths
+only, so a dataset directory must be local or a mounted bucket (``require_local``).
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+import fsspec
+from etils import epath
+
+from flam_jax.errors import ConfigError
+
+PathLike = str | os.PathLike
+
+# gcsfs caches folder listings per process and answers "not found" from a stale one, so a
+# file that another process (another host, the token check, a later stage) wrote would
+# stay invisible: ask the bucket every time instead.
+fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
+
+
+def is_remote(p: PathLike) -> bool:
+    return "://" in os.fspath(p)
+
+
+def path(p: PathLike) -> epath.Path:
+    text = os.fspath(p)
+    return epath.Path(text if is_remote(text) else os.path.expanduser(text))
+
+
+def resolve(p: PathLike) -> str:
+    """An absolute local path, or the URL as given (without a trailing slash)."""
+    text = os.fspath(p)
+    return text.rstrip("/") if is_remote(text) else os.path.abspath(os.path.expanduser(text))
+
+
+def join(base: PathLike, *parts: str) -> str:
+    return os.fspath(path(base).joinpath(*parts)) if is_remote(base) else os.path.join(resolve(base), *parts)
+
+
+def exists(p: PathLike) -> bool:
+    return path(p).exists()
+
+
+def isdir(p: PathLike) -> bool:
+    return path(p).is_dir()
+
+
+def isfile(p: PathLike) -> bool:
+    return path(p).is_file()
+
+
+def makedirs(p: PathLike) -> None:
+    path(p).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(p: PathLike) -> list[str]:
+    return sorted(child.name for child in path(p).iterdir())
+
+
+def read_bytes(p: PathLike) -> bytes:
+    return path(p).read_bytes()
+
+
+def read_text(p: PathLike) -> str:
+    return path(p).read_text(encoding="utf-8")
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+    """Write ``p`` whole: readers never see a half-written file."""
+    if is_remote(p):
+        path(p).write_bytes(data)
+        return
+    target = resolve(p)
+    tmp = f"{target}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
+
+
+def write_text(p: PathLike, text: str) -> None:
+    write_bytes(p, text.encode("utf-8"))
+
+
+def remove(p: PathLike) -> None:
+    path(p).unlink(missing_ok=True)
+
+
+def rmtree(p: PathLike) -> None:
+    if exists(p):
+        path(p).rmtree()
+
+
+def walk_files(p: PathLike) -> list[str]:
+    """Every file below ``p``, as paths relative to it (sorted)."""
+    root = path(p)
+    # epath's remote walk names folders without their scheme ("bucket/run", not "gs://...").
+    base = os.fspath(root).split("://", 1)[-1]
+    out = []
+    for directory, _, files in root.walk():
+        folder = os.path.relpath(os.fspath(directory).split("://", 1)[-1], base)
+        out += [os.path.normpath(os.path.join(folder, name)) for name in files]
+    return sorted(out)
+
+
+def upload_tree(local_dir: str, dest: PathLike) -> None:
+    """Copy a local folder's files to ``dest`` (local or remote), keeping relative paths."""
+    for rel in walk_files(local_dir):
+        target = join(dest, rel)
+        makedirs(os.path.dirname(target) if not is_remote(target) else path(target).parent)
+        write_bytes(target, read_bytes(os.path.join(local_dir, rel)))
+
+
+_COPIES: dict[str, str] = {}
+
+
+def local_copy(p: PathLike, names: list[str] | None = None) -> str:
+    """``p`` itself when local; else a local copy of the file or folder (made once per process;
+    ``names``: only these files of the folder)."""
+    if not is_remote(p):
+        return resolve(p)
+    key = resolve(p) + ("" if names is None else "?" + ",".join(sorted(names)))
+    if key not in _COPIES:
+        folder = tempfile.mkdtemp(prefix="flam_remote_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        source = path(resolve(p))
+        if source.is_dir():
+            for rel in walk_files(source) if names is None else names:
+                target = os.path.join(folder, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "wb") as f:
+                    f.write((source / rel).read_bytes())
+            _COPIES[key] = folder
+        else:
+            target = os.path.join(folder, source.name)
+            with open(target, "wb") as f:
+                f.write(source.read_bytes())
+            _COPIES[key] = target
+    return _COPIES[key]
+
+
+def require_local(p: PathLike, what: str) -> str:
+    """``p`` resolved; a remote URL is a one-line ConfigError saying how to mount it."""
+    if is_remote(p):
+        raise ConfigError(
+            f"{what} {os.fspath(p)} is remote, but ArrayRecord (the dataset files) reads and writes "
+            "local paths only: mount the bucket (e.g. gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) "
+            "and give the mounted path"
+        )
+    return resolve(p)
+
+
+class AppendLog:
+    """A file that grows by appends (``metrics.jsonl``, TensorBoard events).
+
+    Local: an open file in append mode. Remote: the existing object is read once, then the
+    whole content is uploaded on every ``flush`` (objects cannot be appended to).
+    """
+
+    def __init__(self, p: PathLike, *, binary: bool = False):
+        self.path = resolve(p)
+        self._remote = is_remote(p)
+        self._binary = binary
+        if self._remote:
+            self._content = bytearray(read_bytes(self.path) if exists(self.path) else b"")
+            self._dirty = False
+        else:
+            self._file = open(self.path, "ab" if binary else "a", encoding=None if binary else "utf-8")
+
+    def end_line(self) -> None:
+        """Terminate a last line cut short (a process killed mid-write), so that the next
+        entry starts on its own line."""
+        if self._remote:
+            if self._content and not self._content.endswith(b"\n"):
+                self.write(b"\n")
+            return
+        self._file.flush()
+        if os.path.getsize(self.path) == 0:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:
+            self.write(b"\n" if self._binary else "\n")
+
+    def write(self, data: str | bytes) -> None:
+        if not self._remote:
+            self._file.write(data)
+            return
+        self._content += data if isinstance(data, bytes) else data.encode("utf-8")
+        self._dirty = True
+
+    def flush(self) -> None:
+        if not self._remote:
+            self._file.flush()
+        elif self._dirty:
+            path(self.path).write_bytes(bytes(self._content))
+            self._dirty = False
+
+    def close(self) -> None:
+        self.flush()
+        if not self._remote:
+            self._file.close()
