@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: test demo lint format bench clean-venv
+.PHONY: test demo lint format clean-venv
 
 # Re-install only when a requirements file or pyproject changes.
 $(STAMP): requirements.txt requirements-demo.txt requirements-test.txt pyproject.toml
@@ -38,9 +38,9 @@ $(DEMO_STAMP): requirements.txt requirements-demo.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $(DEMO_STAMP)
 
-# DEMO_ARGS, e.g. --synthetic or --workdir=runs/other (python -m flam_jax.demo --help).
+# DEMO_ARGS, e.g. --synthetic or --workdir=runs/other (python -m demo --help).
 demo: $(DEMO_STAMP)
-	$(PY) -m flam_jax.demo $(DEMO_ARGS)
+	$(PY) -m demo $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

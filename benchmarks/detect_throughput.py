@@ -92,7 +92,7 @@ def main() -> None:
     import jax
 
     from flam_jax.infer.api import FLAM
-    from flam_jax.infer.windows import window_starts
+    from flam_jax.timeline import window_starts
 
     print(f"machine: {machine()}; jax {jax.__version__} {jax.default_backend()}")
     rng = np.random.default_rng(0)

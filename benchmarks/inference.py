@@ -4,65 +4,52 @@ Both models hold the same random v1-base weights (HTS-AT base + roberta-base; th
 checkpoint is not downloaded): openflam's FLAM is built offline, its state dict converted
 with flam-convert-openflam and opened with FLAM.load. Audio: 10 s clips at batch 1 and 8
 (frames + global for ours; frames for openflam, one tower pass each). Text: 77-token
-texts at batch 1 and 8 (tokenisation included for both). fp32, CPU, torch on 2 threads.
+texts at batch 1 and 8 (tokenisation included for both). fp32, CPU.
 
-    .venv/bin/python benchmarks/inference.py [--repeats 5] [--batches 1,8]
+Timing (benchmarks/timing.py): one warm-up call per side, then interleaved rounds
+(openflam, flam_jax, openflam, ...); minimum, median and maximum per side, ratio of the
+minima, load average before and after. Both sides get the same thread count (--threads,
+default every CPU this process may use).
+
+    .venv/bin/python benchmarks/inference.py [--repeats 7] [--text-repeats 14] [--batches 1,8]
+        [--threads N] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+import timing
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "parity"))
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def best_times(fns, repeats: int) -> list[tuple[float, float]]:
-    """(wall s, process CPU s) of the fastest of ``repeats`` calls of each function.
-
-    One warm-up call each (compilation), then the functions are interleaved (a, b, a, b,
-    ...) so that both see the same machine load: the CPU is shared with other work, and
-    the fastest call is the least disturbed one. CPU seconds count every thread.
-    """
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, log in zip(fns, times, strict=True):
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            log.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return [min(log) for log in times]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batches", default="1,8")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds for audio (default 7)")
+    parser.add_argument(
+        "--text-repeats", type=int, default=None, help="interleaved rounds for texts (default 2 x --repeats)"
+    )
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per side (default: all CPUs)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write every figure here")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    text_repeats = args.text_repeats or 2 * args.repeats
+
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    cpus = timing.pin_threads(args.threads)
 
     import torch
 
-    torch.set_num_threads(2)
+    timing.set_torch_threads(torch, cpus)
+    import jax
     from openflam_oracle import build_openflam, write_bpe_files
 
     from flam_jax.export.from_openflam import convert
@@ -74,16 +61,17 @@ def main() -> None:
     pth = os.path.join(work, "v1-base-random.pth")
     torch.save(ref.model.state_dict(), pth)
     ours = FLAM.load(convert(pth, os.path.join(work, "export"), tokenizer_dir))
+    build_s = time.perf_counter() - started
 
     rng = np.random.default_rng(0)
     # Long enough that both tokenizers truncate to exactly 77 tokens.
     text = " ".join(["a dog barks while rain falls on a tin roof and a car passes"] * 8)
-    rows = []
+    ids, _ = ours.tokenizer.encode([text])
+    assert int((ids != ours.tokenizer.pad_id).sum()) == 77
+    comparisons = []
     for batch in batches:
         wave = (0.1 * rng.standard_normal((batch, 480000))).astype(np.float32)
         wave_t = torch.from_numpy(wave)
-        ids, _ = ours.tokenizer.encode([text])
-        assert int((ids != ours.tokenizer.pad_id).sum()) == 77
         texts = [text] * batch
 
         def ref_audio(wave_t=wave_t):
@@ -94,25 +82,103 @@ def main() -> None:
             with torch.inference_mode():
                 ref.get_text_features(texts)
 
-        t_ref_audio, t_ours_audio = best_times(
-            [ref_audio, lambda wave=wave: ours.embed_audio(wave)], args.repeats
-        )
-        t_ref_text, t_ours_text = best_times(
-            [ref_text, lambda texts=texts: ours.embed_text(texts)], 2 * args.repeats
-        )
-        rows.append(("clips", batch, t_ref_audio, t_ours_audio))
-        rows.append(("texts", batch, t_ref_text, t_ours_text))
+        for what, fns, repeats in (
+            ("clips", {"openflam": ref_audio, "flam_jax": lambda w=wave: ours.embed_audio(w)}, args.repeats),
+            ("texts", {"openflam": ref_text, "flam_jax": lambda t=texts: ours.embed_text(t)}, text_repeats),
+        ):
+            stats = timing.interleaved(fns, repeats)
+            comparisons.append({"what": what, "batch": batch, **stats})
+            print(
+                f"{what}, batch {batch}: {repeats} rounds in {stats['seconds']:.1f} s, "
+                f"ratio of minima {timing.ratio_of_minima(stats, 'openflam', 'flam_jax'):.2f}x",
+                flush=True,
+            )
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
-    import jax
+    load_end = os.getloadavg()
+    info = timing.machine()
+    threads = timing.thread_settings(cpus, torch)
+    versions = timing.versions(jax, torch)
 
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, fp32")
-    print("| per s | batch | openflam | flam_jax | ratio | per CPU-s: openflam | flam_jax | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    for what, batch, (ref_wall, ref_cpu), (our_wall, our_cpu) in rows:
-        wall = f"{batch / ref_wall:.2f} | {batch / our_wall:.2f} | {ref_wall / our_wall:.2f}x"
-        cpu = f"{batch / ref_cpu:.2f} | {batch / our_cpu:.2f} | {ref_cpu / our_cpu:.2f}x"
-        print(f"| {what} | {batch} | {wall} | {cpu} |")
+    rows, results = [], []
+    for c in comparisons:
+        ref_min, our_min = (c["sides"][s]["wall"]["min"] for s in ("openflam", "flam_jax"))
+        ref_cpu, our_cpu = (c["sides"][s]["cpu"]["min"] for s in ("openflam", "flam_jax"))
+        wall_ratio = timing.ratio_of_minima(c, "openflam", "flam_jax", "wall")
+        cpu_ratio = timing.ratio_of_minima(c, "openflam", "flam_jax", "cpu")
+        c["ratio_wall"], c["ratio_cpu"] = wall_ratio, cpu_ratio
+        rows.append(
+            [
+                c["what"],
+                c["batch"],
+                c["repeats"],
+                timing.spread_cell(c, "openflam"),
+                timing.spread_cell(c, "flam_jax"),
+                f"**{wall_ratio:.2f}x**",
+                f"{c['batch'] / ref_min:.2f} / {c['batch'] / our_min:.2f}",
+                f"{ref_cpu:.3f} / {our_cpu:.3f}",
+                f"{cpu_ratio:.2f}x",
+                f"{c['load_start'][0]:.1f} → {c['load_end'][0]:.1f}",
+            ]
+        )
+        results.append(
+            f"{c['what']} batch {c['batch']}: **{wall_ratio:.2f}×** wall, {cpu_ratio:.2f}× CPU-s "
+            f"({c['batch'] / ref_min:.2f} vs {c['batch'] / our_min:.2f} {c['what']}/s)"
+        )
+    total_s = time.perf_counter() - started
+
+    readme_row = (
+        "| `inference.py` | whole model, v1-base weights (random, same in both): openflam "
+        f"{versions['openflam']} (torch {threads['threads']} threads) vs `FLAM.load` of the converted export "
+        f"(jit, fp32, XLA {threads['xla_eigen_pool']} threads): 10 s clips → frames (+ global for ours), "
+        f"77-token texts → embeddings, batch {args.batches}; warm-up, then {args.repeats} (texts "
+        f"{text_repeats}) interleaved rounds, minimum per side | "
+        f"{timing.machine_cell(info, list(load_start), list(load_end))} | "
+        + "; ".join(results)
+        + f" ({timing.today()}) |"
+    )
+
+    timing.print_context(
+        info,
+        threads,
+        versions,
+        (load_start, load_end),
+        "fp32",
+        f"{total_s:.0f} s (building both models {build_s:.0f} s)",
+    )
+    header = [
+        "what",
+        "batch",
+        "rounds",
+        "openflam s (min / med / max)",
+        "flam_jax s (min / med / max)",
+        "ratio of minima",
+        "per s at min: openflam / flam_jax",
+        "CPU s min: openflam / flam_jax",
+        "CPU ratio",
+        "load (1 min) start → end",
+    ]
+    print(timing.markdown(header, rows))
+    print()
+    print("README row:")
+    print(readme_row)
+
+    timing.write_json(
+        args.json,
+        {
+            "script": "inference.py",
+            "date": timing.today(),
+            "args": vars(args),
+            "machine": info,
+            "threads": threads,
+            "versions": versions,
+            "load_start": list(load_start),
+            "load_end": list(load_end),
+            "run_seconds": total_s,
+            "build_seconds": build_s,
+            "comparisons": comparisons,
+            "readme_row": readme_row,
+        },
+    )
 
 
 if __name__ == "__main__":

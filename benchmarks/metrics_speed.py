@@ -21,7 +21,8 @@ import types
 import numpy as np
 
 from flam_jax.evals import sed
-from flam_jax.evals.postprocess import events_to_frame_labels, frame_boundaries
+from flam_jax.evals.postprocess import events_to_frame_labels
+from flam_jax.timeline import frame_boundaries
 
 if importlib.util.find_spec("pkg_resources") is None:  # dcase_util needs it at import only
     sys.modules.setdefault("pkg_resources", types.ModuleType("pkg_resources"))

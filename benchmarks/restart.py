@@ -29,7 +29,7 @@ LINE = re.compile(
 
 def flam_train(workdir: str, data_dir: str, *overrides: str, stop_at_first=False) -> tuple[float, re.Match]:
     """(seconds from process start to the first-step line, that line) of one flam-train."""
-    cmd = [sys.executable, "-m", "flam_jax.train.main"]
+    cmd = [sys.executable, "-m", "flam_jax.cli.train"]
     cmd += [f"--config={os.path.join(ROOT, 'experiments', 'cpu_demo.py')}", f"--workdir={workdir}"]
     cmd += [f"--config.data.dir={data_dir}", "--config.train.eval_every=0"]
     cmd += ["--config.train.ckpt_every=1", "--config.train.steps=3", *overrides]

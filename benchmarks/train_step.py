@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from flam_jax.config import apply_assignments, load_experiment, validate  # noqa: E402
+from flam_jax.data.batches import train_fields  # noqa: E402
 from flam_jax.train.objective import sed_groups  # noqa: E402
 from flam_jax.train.trainer import Trainer  # noqa: E402
 
@@ -29,37 +30,33 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def synthetic_batch(config, mesh, vocab: int = 1000) -> dict:
+    """Both batches of the pipeline's layout (data.batches.train_fields), every row real."""
     rng = np.random.default_rng(0)
-    length = config.model.context_length
+    fields = train_fields(config, sed_groups=sed_groups(config, mesh))
 
-    def tokens(n):
-        ids = rng.integers(5, vocab, size=(n, length)).astype(np.int32)
-        mask = np.ones((n, length), np.int32)
+    def fill(shape, dtype):
+        """Values for any field of the layout, by dtype (0/1 frame labels as uint8)."""
+        if dtype.kind == "f":
+            return (0.1 * rng.standard_normal(shape)).astype(dtype)
+        if dtype.kind == "b":
+            return np.ones(shape, bool)
+        if dtype == np.uint8:
+            return (rng.random(shape) < 0.2).astype(dtype)
+        return np.arange(1, np.prod(shape) + 1, dtype=dtype).reshape(shape)
+
+    # Token ids and their attention first (SED, then global), then every other field.
+    batch = {}
+    for part, arrays in fields.items():
+        (n, length), dtype = arrays["text_tokens"]
+        ids = rng.integers(5, vocab, size=(n, length)).astype(dtype)
+        mask = np.ones(*arrays["text_attention"])
         mask[:, length // 2 :] = 0
-        return ids, mask
-
-    na, b = config.data.sed_clips, config.data.global_batch
-    groups = sed_groups(config, mesh)
-    nt_g = config.data.texts_per_clip * na // groups
-    s_ids, s_mask = tokens(nt_g * groups)
-    g_ids, g_mask = tokens(b)
-    return {
-        "sed": {
-            "audio": (0.1 * rng.standard_normal((na, 480_000))).astype(np.float32),
-            "audio_mask": np.ones(na, bool),
-            "text_tokens": s_ids,
-            "text_attention": s_mask,
-            "text_mask": np.ones(nt_g * groups, bool),
-            "caption_ids": np.arange(1, nt_g * groups + 1, dtype=np.int32),
-            "labels": (rng.random((na, nt_g, 32)) < 0.2).astype(np.uint8),
-        },
-        "global": {
-            "audio": (0.1 * rng.standard_normal((b, 480_000))).astype(np.float32),
-            "text_tokens": g_ids,
-            "text_attention": g_mask,
-            "caption_ids": np.arange(1, b + 1, dtype=np.int32),
-        },
-    }
+        batch[part] = {"text_tokens": ids, "text_attention": mask}
+    for part, arrays in fields.items():
+        for name, (shape, dtype) in arrays.items():
+            if name not in batch[part]:
+                batch[part][name] = fill(shape, dtype)
+    return {part: {name: batch[part][name] for name in arrays} for part, arrays in fields.items()}
 
 
 def main(argv=None) -> int:

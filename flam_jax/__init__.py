@@ -1,9 +1,10 @@
 """flam_jax: a JAX/Flax training codebase for FLAM (frame-wise language-audio modeling).
 
-The package is organised by the data's journey: ``audio`` (decoding and the
-log-mel front end) feeds ``models`` (HTS-AT, the text tower and FLAM's heads);
-``losses`` and ``data`` serve ``train``; ``evals``, ``infer`` and ``export``
-sit on top. Modules import downward only.
+The package is organised by the data's journey, in layers that import downward only
+(``tests/test_layering.py`` holds the order and enforces it): ``errors``, ``paths`` and
+``timeline`` (48 kHz, 10 s windows, the frame grid) at the bottom; ``audio`` (decoding
+and the log-mel front end); ``models`` and ``losses``; ``data``; ``train``, ``evals``
+and ``export``; ``infer``; and ``cli``, the console scripts, on top.
 """
 
 __version__ = "0.1.0"

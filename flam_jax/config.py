@@ -15,13 +15,9 @@ import ml_collections
 
 from flam_jax import paths
 from flam_jax.errors import ConfigError
+from flam_jax.models.configs import remat_policy
 
 ConfigDict = ml_collections.ConfigDict
-
-# Activation checkpointing policies both towers implement (models.configs.REMAT_POLICIES;
-# a test keeps the two in step): none; block = recompute each block in the backward
-# pass; block_save_dots = recompute it but keep its matmul outputs.
-REMAT_NAMES = ("none", "block", "block_save_dots")
 
 
 def base_config() -> ConfigDict:
@@ -39,7 +35,7 @@ def base_config() -> ConfigDict:
     c.model.per_text_scale = True  # ablation switch: alpha = exp(MLP) vs one learned scalar
     c.model.per_text_bias = True  # ablation switch: beta = MLP vs one learned scalar
     c.model.compute_dtype = "float32"  # activations; parameters are always float32
-    c.model.remat = "none"  # activation checkpointing of both towers: one of REMAT_NAMES
+    c.model.remat = "none"  # activation checkpointing of both towers: models.configs.REMAT_POLICIES
     c.model.context_length = 77
 
     c.data = ConfigDict()
@@ -172,16 +168,13 @@ def validate(config: ConfigDict) -> ConfigDict:
             config.model.compute_dtype in ("float32", "bfloat16"),
             "model.compute_dtype must be float32 or bfloat16",
         ),
-        (
-            config.model.remat in REMAT_NAMES,
-            f"model.remat must be one of {', '.join(REMAT_NAMES)}, got {config.model.remat!r}",
-        ),
         (config.mesh.data == -1 or config.mesh.data > 0, "mesh.data must be -1 or positive"),
         (config.mesh.fsdp == -1 or config.mesh.fsdp > 0, "mesh.fsdp must be -1 or positive"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    remat_policy(config.model.remat)
     return config
 
 

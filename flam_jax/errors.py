@@ -36,3 +36,15 @@ class ModelLoadError(FlamError):
 
 class DataError(FlamError):
     """A dataset, manifest or data pipeline is malformed or exceeded its error budget."""
+
+
+class CompileOnlyError(FlamError):
+    """Compile-only could not run (no libtpu, unknown topology, failed compilation)."""
+
+
+class DoesNotFitError(FlamError):
+    """The compiled step needs more memory per chip than the chip has."""
+
+
+class NonFiniteLossError(FlamError):
+    """The loss became NaN or infinite; the last checkpoint (if any) is still good."""

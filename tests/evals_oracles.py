@@ -12,7 +12,8 @@ import types
 
 import numpy as np
 
-from flam_jax.evals.postprocess import events_to_frame_labels, frame_boundaries
+from flam_jax.evals.postprocess import events_to_frame_labels
+from flam_jax.timeline import frame_boundaries
 
 if importlib.util.find_spec("pkg_resources") is None:
     sys.modules.setdefault("pkg_resources", types.ModuleType("pkg_resources"))

@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from flam_jax.audio import frontend as fe
-from flam_jax.errors import InputError
+from flam_jax.errors import ConfigError, InputError
 from flam_jax.models import htsat
 from flam_jax.models.configs import HTSAT_CONFIGS, HTSATConfig
 
@@ -184,7 +184,7 @@ def test_configs_geometry():
     for name, cfg in HTSAT_CONFIGS.items():
         assert cfg.num_frames == (128 if name == "base-12hz" else 32), name
     assert HTSAT_CONFIGS["base"].out_dim == 1024 and HTSAT_CONFIGS["tiny"].out_dim == 768
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         HTSATConfig(embed_dim=30, depths=(1, 1), num_heads=(4, 4))
 
 
@@ -243,7 +243,7 @@ def test_remat_stage_matches_plain_values_and_gradients():
     np.testing.assert_allclose(float(loss_r), float(loss_p), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grad_r), jax.tree.leaves(grad_p), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
-    with pytest.raises(ValueError, match="remat"):
+    with pytest.raises(ConfigError, match="remat"):
         htsat.HTSAT(MINI, rngs=nnx.Rngs(0), remat="everything")
 
 

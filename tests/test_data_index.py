@@ -13,12 +13,13 @@ import soundfile
 from data_fixtures import materialise, synthetic_clips
 
 from flam_jax.audio import io as audio_io
+from flam_jax.cli import index as index_command
+from flam_jax.cli import train as train_main
 from flam_jax.config import base_config
-from flam_jax.data import builders, index_command, pipeline, pools
+from flam_jax.data import builders, pipeline, pools
 from flam_jax.data import index as index_lib
 from flam_jax.data import simulate as sim
 from flam_jax.errors import AudioDecodeError, DataError
-from flam_jax.train import main as train_main
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def demo(tmp_path_factory):
     # One device; LLVM optimisation off: compiling the full model dominates a 3-step run.
     xla = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
     env = dict(os.environ, XLA_FLAGS=xla, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "flam_jax.demo", "--scale=tiny", "--synthetic"]
+    cmd = [sys.executable, "-m", "demo", "--scale=tiny", "--synthetic"]
     cmd += [f"--cache-dir={cache}", f"--workdir={workdir}"]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
@@ -97,7 +97,7 @@ def test_demo_ablation_export_shares_one_scale_and_bias_across_texts(demo):
 
 
 def test_second_run_reuses_corpus_training_and_exports(demo, capsys):
-    from flam_jax import demo as demo_lib
+    from demo import run as demo_lib
 
     cache, workdir, _ = demo
     before = os.path.getmtime(cache / "demo_corpus" / "summary.json")
@@ -111,14 +111,14 @@ def test_second_run_reuses_corpus_training_and_exports(demo, capsys):
 
 
 def test_unknown_scale_is_one_line_error(capsys):
-    from flam_jax import demo as demo_lib
+    from demo import run as demo_lib
 
     assert demo_lib.main(["--scale=huge", "--workdir=/nonexistent/x"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown scale 'huge' (use full or tiny)"
 
 
 def test_corpus_falls_back_to_synthetic_when_the_debian_build_fails(tmp_path, monkeypatch, capsys):
-    from flam_jax import demo as demo_lib
+    from demo import run as demo_lib
     from flam_jax.errors import DataError
 
     calls = []

@@ -6,12 +6,8 @@ from evals_oracles import score_dataframes
 from scipy.ndimage import median_filter as scipy_median_filter
 
 from flam_jax.errors import InputError
-from flam_jax.evals.postprocess import (
-    events_to_frame_labels,
-    frame_boundaries,
-    median_filter,
-    scores_to_events,
-)
+from flam_jax.evals.postprocess import events_to_frame_labels, scores_to_events
+from flam_jax.timeline import frame_boundaries, median_filter
 
 
 @pytest.mark.parametrize("size", [1, 3, 5])

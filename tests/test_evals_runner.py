@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from flam_jax.cli import evaluate as evaluate_cli
 from flam_jax.errors import DataError, InputError
 from flam_jax.evals import runner
 from flam_jax.evals.benchmarks import BENCHMARKS, get_benchmark, open_source, read_items
@@ -132,13 +133,13 @@ def test_reader_keeps_events_and_windows_cut_them(tmp_path):
     assert items["b.wav"].events == []
     long = items["long.wav"]
     assert long.num_samples == 25 * 48000 and len(long.audio()) == 25 * 48000
-    assert runner.sed_window_count(long.num_samples) == 3
+    assert len(runner.sed_window_starts(long.num_samples)) == 3
     assert runner.window_events(long.events, 0) == [(2.0, 3.0, "Speech")]
     assert runner.window_events(long.events, 2) == [(1.0, 4.0, "Speech")]
     windows = runner.sed_windows(long.audio())
     assert len(windows) == 3 and all(w.shape == (480000,) for w in windows)
     assert not windows[2][5 * 48000 :].any()  # zero padding after the recording ends
-    assert runner.sed_window_count(int(10.3 * 48000)) == 1  # a 0.3 s tail is dropped
+    assert len(runner.sed_window_starts(int(10.3 * 48000))) == 1  # a 0.3 s tail is dropped
     # The folder the raw copy was built into is itself a valid --data-dir.
     for name in ("desed", "urbansed", "audioset-strong"):  # the same strong layout
         built, _ = open_source(get_benchmark(name), str(tmp_path / "tfds"))
@@ -309,7 +310,9 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
         get_benchmark("nope")
     with pytest.raises(DataError):
         runner.evaluate(EnergyFLAM(), "desed", str(tmp_path / "missing"))
-    assert runner.main(["--model", str(tmp_path), "--benchmark", "nope", "--data-dir", str(tmp_path)]) == 2
+    assert (
+        evaluate_cli.main(["--model", str(tmp_path), "--benchmark", "nope", "--data-dir", str(tmp_path)]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: unknown benchmark") and err.count("\n") == 1
     assert set(BENCHMARKS) == {
@@ -327,16 +330,13 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
 
 def test_cli_writes_report(tmp_path, monkeypatch, capsys):
     """``flam-evaluate`` end to end, with FLAM.load answering an EnergyFLAM."""
-    import sys
-
     loaded = []
-    stub = types.ModuleType("flam_jax.infer.api")
-    stub.FLAM = types.SimpleNamespace(load=lambda path: loaded.append(path) or EnergyFLAM())
-    monkeypatch.setitem(sys.modules, "flam_jax.infer.api", stub)
+    loader = types.SimpleNamespace(load=lambda path: loaded.append(path) or EnergyFLAM())
+    monkeypatch.setattr(evaluate_cli, "FLAM", loader)
     folder = _classification_fixture(str(tmp_path), "esc50")
     out = tmp_path / "report"
     argv = ["--model", "EXPORT", "--benchmark", "esc50", "--data-dir", folder, "--out", str(out)]
-    assert runner.main([*argv, "--cache-dir", str(tmp_path / "tfds"), "--batch-size", "4"]) == 0
+    assert evaluate_cli.main([*argv, "--cache-dir", str(tmp_path / "tfds"), "--batch-size", "4"]) == 0
     assert loaded == ["EXPORT"]
     printed = capsys.readouterr().out
     assert "| accuracy |" in printed and f"report written to {out}" in printed

@@ -246,7 +246,7 @@ def test_psds_is_perfect_for_perfect_scores_and_rejects_bad_input():
 def test_cross_trigger_shortcut_equals_full_run_analysis(levels):
     """PSDS2's per-distinct-run cross-trigger deltas give the same statistics at every
     threshold as enumerating the runs of every threshold (ties included)."""
-    from flam_jax.evals.postprocess import frame_boundaries
+    from flam_jax.timeline import frame_boundaries
 
     rng = np.random.default_rng(3)
     pairs, others, events = 120, 3, 2

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from flam_jax.config import base_config
-from flam_jax.errors import ConfigError
+from flam_jax.errors import ConfigError, InputError
 from flam_jax.export.weights import weight_shapes
 from flam_jax.models.configs import HTSAT_CONFIGS, TextConfig
 from flam_jax.models.flam import FlamModel, build_model, frame_scores, normalize
@@ -126,7 +126,7 @@ def test_frame_scores_formulas():
     big = frame_scores(frames[:, :, :], emb, jnp.full((3,), 1e4), beta)
     assert np.all(np.asarray(big) <= 1 / (1 + np.asarray(jax.nn.sigmoid(beta)))[None, :, None] + 1e-6)
     assert np.isfinite(np.asarray(big)).all()
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(InputError, match="method"):
         frame_scores(frames, emb, alpha, beta, "biased")
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from flam_jax import config as config_lib
 from flam_jax.cli import report_errors
+from flam_jax.cli import train as train_main
 from flam_jax.errors import ConfigError, FlamError, InputError
-from flam_jax.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "experiments", "cpu_demo.py")
@@ -127,7 +127,7 @@ def test_flam_train_cli_unknown_key_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "flam_jax.train.main",
+            "flam_jax.cli.train",
             f"--config={DEMO}",
             f"--workdir={tmp_path / 'x'}",
             "--config.nonexistent=1",
@@ -164,3 +164,24 @@ def test_every_console_script_also_runs_as_python_m():
             [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, cwd=root
         )
         assert out.returncode == 0 and "usage" in (out.stdout + out.stderr).lower(), (name, out.stderr[-500:])
+
+
+def test_one_flag_spelling_hyphens_with_underscores_read_as_the_same_flag(tmp_path):
+    from flam_jax.cli import ArgumentParser, hyphenate
+
+    args = [f"--config={DEMO}", f"--workdir={tmp_path}", "--coordinator=h:1"]
+    for spelling in (["--num-processes=2", "--process-id=1"], ["--num_processes=2", "--process_id=1"]):
+        _, _, launch = train_main.parse_all_flags(["flam-train", *args, *spelling])
+        assert (launch["num_processes"], launch["process_id"]) == (2, 1), spelling
+    _, _, launch = train_main.parse_all_flags(["flam-train", *args, "--compile_only", "--topology=v5e:2x2"])
+    assert launch == {"compile_only": True, "topology": "v5e:2x2"}
+    parser = ArgumentParser(prog="x")
+    parser.add_argument("--data-dir")
+    parser.add_argument("pos", nargs="*")
+    assert parser.parse_args(["--data_dir", "D"]).data_dir == "D"
+    assert parser.parse_args(["--data-dir=E", "--", "--data_dir"]).pos == ["--data_dir"]
+    # Config keys keep their underscores; unknown flags are left for the parser to refuse.
+    assert hyphenate(["--config.data.sed_clips=4", "--no_such=1"], {"data-dir"}) == [
+        "--config.data.sed_clips=4",
+        "--no_such=1",
+    ]

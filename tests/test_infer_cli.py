@@ -14,7 +14,8 @@ import pytest
 import soundfile
 from infer_fixtures import SR, make_export, tone, write_wav
 
-from flam_jax.infer import detect, search
+from flam_jax.cli import detect, search
+from flam_jax.infer import search as search_lib
 
 QUERIES = ["a beeping tone", "a dog barking"]
 
@@ -179,7 +180,7 @@ def test_search_index_resume_and_query(export, audio_dir, tmp_path, capsys):
     assert code == 1 and "indexed 2 files (0 already done)" in out
     assert "1 files could not be read" in err and "corrupt.wav" in err and "notes.txt" not in err
     assert "indexing" in err  # the progress bar
-    entries = search.read_manifest(str(index))
+    entries = search_lib.read_manifest(str(index))
     assert sorted(entries) == ["corrupt.wav", "long.wav", os.path.join("sub", "short.flac")]
     item = np.load(index / entries["long.wav"]["item"])
     assert item["frames"].shape == (2, 32, 512) and list(item["starts"]) == [0, 480000]
@@ -209,7 +210,7 @@ def test_search_index_resume_and_query(export, audio_dir, tmp_path, capsys):
     text = model.embed_text(["a beeping tone"]).emb[0]
     cosines = {}
     for path in ("long.wav", "a_late.wav", os.path.join("sub", "short.flac")):
-        emb = np.load(index / search.read_manifest(str(index))[path]["item"])["global_"]
+        emb = np.load(index / search_lib.read_manifest(str(index))[path]["item"])["global_"]
         cosines[os.path.join(str(audio_dir), path)] = float(emb @ text)
     best = sorted(cosines, key=cosines.get, reverse=True)[:2]
     assert [h["path"] for h in hits] == best
@@ -228,7 +229,7 @@ def test_console_entry_exits_2_with_one_line(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "flam_jax.infer.detect",
+        "flam_jax.cli.detect",
         "x.wav",
         "--model",
         str(tmp_path / "nope"),
@@ -252,3 +253,35 @@ def test_search_bad_input(export, tmp_path, capsys):
     for argv, message in cases:
         code, _, err = _run(search.main, argv, capsys)
         assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
+
+
+def test_long_audio_has_one_global_embedding_in_api_evaluator_and_search(export, tmp_path):
+    """The FLAM API, flam-evaluate and flam-search embed a recording the same way (timeline's
+    global rule): a 40 s file, one with a 7.5 s tail, and a 4 s clip."""
+    from flam_jax import timeline
+    from flam_jax.evals.benchmarks import Item
+    from flam_jax.evals.runner import global_embeddings
+    from flam_jax.infer.api import FLAM
+    from flam_jax.infer.search import build_index, read_manifest
+
+    model = FLAM.load(export)
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    waves = {}
+    for name, seconds in (("forty", 40.0), ("tail", 37.5), ("short", 4.0)):
+        waves[name] = rng.normal(0, 0.05, int(seconds * SR)).astype(np.float32)
+        write_wav(folder / f"{name}.wav", waves[name])
+    items = [Item(id=n, audio=lambda w=w: w, num_samples=w.size) for n, w in waves.items()]
+    evaluator = global_embeddings(model, items, batch_size=4, progress=False)
+    build_index(str(folder), export, str(tmp_path / "index"), progress=False, model=model)
+    manifest = read_manifest(str(tmp_path / "index"))
+    for i, (name, wave) in enumerate(waves.items()):
+        api = model.embed_windows(str(folder / f"{name}.wav")).global_
+        stored = np.load(tmp_path / "index" / manifest[f"{name}.wav"]["item"])["global_"]
+        # The rule itself: the full windows (or the repeated clip), their mean direction.
+        direct = model.embed_audio(timeline.global_windows(wave)).global_
+        expected = timeline.mean_direction(direct)
+        for what, got in (("api", api), ("evaluator", evaluator[i]), ("search", stored)):
+            np.testing.assert_allclose(got, expected, atol=2e-5, err_msg=f"{name}: {what}")
+    assert len(timeline.global_window_starts(waves["tail"].size)) == 4  # the last ends at 37.5 s

@@ -12,7 +12,7 @@ import optax
 import pytest
 from infer_fixtures import SR, build_random_model, random_weights
 
-from flam_jax.export.params import main as export_main
+from flam_jax.cli.export import main as export_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,7 +92,7 @@ def test_export_round_trip_and_stablehlo(workdir, tmp_path):
     np.savez(inputs, wave=wave, ids=ids, mask=mask)
     script = tmp_path / "run_stablehlo.py"
     script.write_text(STABLEHLO_RUNNER)
-    module_file = os.path.join(ROOT, "flam_jax", "export", "stablehlo.py")
+    module_file = os.path.join(ROOT, "flam_jax", "export", "stablehlo_runtime.py")
     result = tmp_path / "result.npz"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     proc = subprocess.run(
@@ -113,6 +113,21 @@ def test_export_round_trip_and_stablehlo(workdir, tmp_path):
     np.testing.assert_allclose(got["beta"], text.beta, atol=1e-5)
     np.testing.assert_allclose(got["scores"], scores, atol=1e-5)
     np.testing.assert_allclose(got["approx"], flam.frame_scores(audio, text, "approximate"), atol=1e-5)
+
+
+def test_stablehlo_load_checks_the_folder(workdir, tmp_path):
+    from flam_jax.errors import ModelLoadError
+    from flam_jax.export import stablehlo
+
+    root, _ = workdir
+    out = tmp_path / "plain"
+    assert export_main(["--workdir", str(root), "--out", str(out)]) == 0
+    with pytest.raises(ModelLoadError, match="no StableHLO artefacts"):
+        stablehlo.load(str(out))
+    (out / "stablehlo").mkdir()
+    (out / "stablehlo" / "manifest.json").write_text('{"format": "other", "version": 1}')
+    with pytest.raises(ModelLoadError, match="is not a flam_jax.stablehlo v1 directory"):
+        stablehlo.load(str(out))
 
 
 def test_export_bfloat16_and_explicit_step(workdir, tmp_path, monkeypatch):

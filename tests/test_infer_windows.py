@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from infer_fixtures import SR, build_random_model, tokenizer, tone
 
+from flam_jax import timeline as win
 from flam_jax.errors import InputError
-from flam_jax.infer import windows as win
 from flam_jax.infer.events import extract_events
 
 F = 32

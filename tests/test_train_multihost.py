@@ -35,9 +35,9 @@ def _job(workdir, processes: int, devices: int, *extra, workdirs=None):
             (workdirs or [workdir] * processes)[i],
             f"--devices={devices}",
             f"--coordinator=127.0.0.1:{port}",
-            f"--num_processes={processes}",
-            f"--process_id={i}",
-            "--heartbeat_timeout_s=10",
+            f"--num-processes={processes}",
+            f"--process-id={i}",
+            "--heartbeat-timeout-s=10",
             *extra,
         )
         for i in range(processes)

@@ -1,6 +1,7 @@
 """Train building blocks: mesh and partition rules, lr schedule, TensorBoard event files."""
 
-import struct
+import os
+import socket
 import types
 
 import numpy as np
@@ -57,47 +58,12 @@ def test_schedule_warms_up_from_the_first_step_then_decays_to_zero():
             assert np.all(np.diff(lr[4:]) <= 1e-7) and lr[20] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_crc32c_known_vector():
-    assert metrics_lib.crc32c(b"123456789") == 0xE3069283
+def _tensorboard_events(path):
+    """An event file's records as TensorBoard's own loader reads them: each record's
+    framing and CRC-32C checked (a bad one ends the list), each parsed as an ``Event``."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-
-def _event_classes():
-    """Tensorboard's Event/Summary messages, declared here from their public .proto
-    field numbers, so the hand-written encoder is checked by the real protobuf parser."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    fdp = descriptor_pb2.FileDescriptorProto(name="tb_event_test.proto", package="tbtest")
-    F = descriptor_pb2.FieldDescriptorProto
-    value = fdp.message_type.add(name="Value")
-    value.field.add(name="tag", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    value.field.add(name="simple_value", number=2, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
-    summary = fdp.message_type.add(name="Summary")
-    summary.field.add(
-        name="value", number=1, type=F.TYPE_MESSAGE, type_name=".tbtest.Value", label=F.LABEL_REPEATED
-    )
-    event = fdp.message_type.add(name="Event")
-    event.field.add(name="wall_time", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
-    event.field.add(name="step", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
-    event.field.add(name="file_version", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    event.field.add(
-        name="summary", number=5, type=F.TYPE_MESSAGE, type_name=".tbtest.Summary", label=F.LABEL_OPTIONAL
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tbtest.Event"))
-
-
-def _records(data: bytes):
-    offset = 0
-    while offset < len(data):
-        (length,) = struct.unpack("<Q", data[offset : offset + 8])
-        (len_crc,) = struct.unpack("<I", data[offset + 8 : offset + 12])
-        assert len_crc == metrics_lib._masked_crc(data[offset : offset + 8])
-        payload = data[offset + 12 : offset + 12 + length]
-        (crc,) = struct.unpack("<I", data[offset + 12 + length : offset + 16 + length])
-        assert crc == metrics_lib._masked_crc(payload)
-        yield payload
-        offset += 16 + length
+    return list(LegacyEventFileLoader(str(path)).Load())
 
 
 def test_metric_writer_jsonl_and_tensorboard_events(tmp_path):
@@ -108,11 +74,29 @@ def test_metric_writer_jsonl_and_tensorboard_events(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert lines[0] == '{"step": 7, "loss": 1.5, "lr": 0.0003}'
     (events_file,) = list((tmp_path / "tensorboard").iterdir())
-    Event = _event_classes()
-    events = [Event.FromString(p) for p in _records(events_file.read_bytes())]
+    events = _tensorboard_events(events_file)
     assert events[0].file_version == "brain.Event:2"
     scalars = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
     assert scalars == [(7, "loss", 1.5), (7, "lr", pytest.approx(3e-4)), (300000, "loss", -2.25)]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tensorboard"))  # what TensorBoard's scalar view reads
+    board.Reload()
+    assert sorted(board.Tags()["scalars"]) == ["loss", "lr"]
+    assert [(s.step, s.value) for s in board.Scalars("loss")] == [(7, 1.5), (300000, -2.25)]
     quiet = metrics_lib.MetricWriter(str(tmp_path / "other"), enabled=False)
     quiet.write(1, {"loss": 1.0})
     assert not (tmp_path / "other").exists()
+
+
+def test_a_second_metric_writer_in_the_same_second_gets_its_own_event_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics_lib.time, "time", lambda: 1_700_000_000.5)
+    for step in (1, 2):
+        writer = metrics_lib.MetricWriter(str(tmp_path), enabled=True)
+        writer.write(step, {"loss": float(step)})
+        writer.close()
+    files = sorted((tmp_path / "tensorboard").iterdir())
+    stem = f"events.out.tfevents.1700000000.{socket.gethostname()}.{os.getpid()}"
+    assert [f.name for f in files] == [stem, f"{stem}.1"]  # the first is not truncated
+    steps = [[e.step for e in _tensorboard_events(f)[1:]] for f in files]
+    assert steps == [[1], [2]]

@@ -173,8 +173,8 @@ def test_two_processes_match_one(straight, tmp_path):
             tmp_path,
             "--devices=4",
             f"--coordinator=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={i}",
+            "--num-processes=2",
+            f"--process-id={i}",
         )
         for i in range(2)
     ]

@@ -3,7 +3,7 @@ and a tiny synthetic, checkpointable Grain data source in the pipeline's batch l
 The objective is the real one (``train.objective`` over ``losses.total``).
 
 Also a driver: ``python tests/train_standins.py WORKDIR [--devices N] [--steps S]
-[--slow SECONDS] [--config.k=v ...] [--coordinator ... --num_processes N --process_id I]``
+[--slow SECONDS] [--config.k=v ...] [--coordinator ... --num-processes N --process-id I]``
 runs ``train_and_evaluate`` with these pieces in a fresh process (for kill / SIGTERM /
 device-count / multi-process tests).
 """
@@ -93,37 +93,37 @@ def _host_batch(index: int, config, process_index: int, process_count: int, slow
     """Batch ``index`` of the global stream; this process's rows only."""
     if slow:
         time.sleep(slow)
+    from flam_jax.data.batches import train_fields
+
     rng = np.random.default_rng([config.seed, index])
-    na, b = config.data.sed_clips, config.data.global_batch
-    groups = config.data.sed_groups
-    nt_g = config.data.texts_per_clip * na // groups
-    nt = nt_g * groups
+    fields = train_fields(
+        config, sed_groups=config.data.sed_groups, text_length=TEXT_LEN, num_samples=SAMPLES, frames=FRAMES
+    )
+    fields = {"global": fields["global"], "sed": fields["sed"]}  # global drawn first, as always
 
-    def tokens(n):
-        ids = rng.integers(1, VOCAB, size=(n, TEXT_LEN)).astype(np.int32)
-        mask = (rng.random((n, TEXT_LEN)) < 0.8).astype(np.int32)
+    def fill(shape, dtype):
+        """Values for any field of the layout, by dtype (0/1 frame labels as uint8)."""
+        if dtype.kind == "f":
+            return rng.standard_normal(shape).astype(dtype)
+        if dtype.kind == "b":
+            return rng.random(shape) < 0.9
+        if dtype == np.uint8:
+            return (rng.random(shape) < 0.3).astype(dtype)
+        return rng.integers(1, 1000, size=shape).astype(dtype)
+
+    # Token ids and their attention first (global, then SED), then every other field.
+    batch = {}
+    for part, arrays in fields.items():
+        ids = rng.integers(1, VOCAB, size=arrays["text_tokens"][0]).astype(arrays["text_tokens"][1])
+        shape, dtype = arrays["text_attention"]
+        mask = (rng.random(shape) < 0.8).astype(dtype)
         mask[:, 0] = 1
-        return ids, mask
-
-    g_ids, g_mask = tokens(b)
-    s_ids, s_mask = tokens(nt)
-    batch = {
-        "global": {
-            "audio": rng.standard_normal((b, SAMPLES)).astype(np.float32),
-            "text_tokens": g_ids,
-            "text_attention": g_mask,
-            "caption_ids": rng.integers(1, 1000, size=b).astype(np.int32),
-        },
-        "sed": {
-            "audio": rng.standard_normal((na, SAMPLES)).astype(np.float32),
-            "audio_mask": rng.random(na) < 0.9,
-            "text_tokens": s_ids,
-            "text_attention": s_mask,
-            "text_mask": rng.random(nt) < 0.9,
-            "caption_ids": rng.integers(1, 1000, size=nt).astype(np.int32),
-            "labels": (rng.random((na, nt_g, FRAMES)) < 0.3).astype(np.uint8),
-        },
-    }
+        batch[part] = {"text_tokens": ids, "text_attention": mask}
+    for part, arrays in fields.items():
+        for name, (shape, dtype) in arrays.items():
+            if name not in batch[part]:
+                batch[part][name] = fill(shape, dtype)
+    batch = {part: {name: batch[part][name] for name in arrays} for part, arrays in fields.items()}
 
     def rows(x):
         per = x.shape[0] // process_count
@@ -210,16 +210,16 @@ def standin_eval_fn():
 
 
 def _driver(argv: list[str]) -> int:
-    import argparse
+    from flam_jax.cli import ArgumentParser  # imports no jax: XLA_FLAGS is set below
 
-    parser = argparse.ArgumentParser()
+    parser = ArgumentParser()
     parser.add_argument("workdir")
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--coordinator", default="")
-    parser.add_argument("--num_processes", type=int, default=0)
-    parser.add_argument("--process_id", type=int, default=-1)
-    parser.add_argument("--heartbeat_timeout_s", type=int, default=100)
+    parser.add_argument("--num-processes", type=int, default=0)
+    parser.add_argument("--process-id", type=int, default=-1)
+    parser.add_argument("--heartbeat-timeout-s", type=int, default=100)
     parser.add_argument("--eval", action="store_true", help="run the validation hook")
     args, rest = parser.parse_known_args(argv)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"

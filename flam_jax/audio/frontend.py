@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 
 from flam_jax.errors import InputError
+from flam_jax.timeline import SAMPLE_RATE, WINDOW_SAMPLES
 
-SAMPLE_RATE = 48_000
 N_FFT = 1024
 HOP = 480
 N_MELS = 64
@@ -29,7 +29,7 @@ F_MAX = 14_000.0
 AMIN = 1e-10  # floor of the power before the log
 TIME_FRAMES = 1024  # every clip's STFT frames are stretched to this many
 SPEC_SIZE = 256  # the folded image is SPEC_SIZE x SPEC_SIZE
-MAX_SAMPLES = 480_000  # 10 s; longer audio must be windowed by the caller
+MAX_SAMPLES = WINDOW_SAMPLES  # 10 s; longer audio must be windowed by the caller
 MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding by N_FFT/2 needs a longer signal
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch

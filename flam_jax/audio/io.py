@@ -26,8 +26,8 @@ from scipy import signal
 
 from flam_jax import paths
 from flam_jax.errors import AudioDecodeError
+from flam_jax.timeline import SAMPLE_RATE
 
-SAMPLE_RATE = 48_000
 # -inf dB is useless for comparisons; this floor is far below any threshold we use.
 SILENCE_DB = -200.0
 _BUFFER_NAME = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")

@@ -21,7 +21,7 @@ page cache and a pool pickles as a path. At 1.1M clips the index is ~0.3 GB plus
 of levels (benchmarks/README.md, "data_throughput").
 
 Writing one reads and decodes every record once, in chunks that are kept on disk, so an
-interrupted ``flam-index`` (``data/index_command.py``) resumes where it stopped;
+interrupted ``flam-index`` (``flam_jax.cli.index``) resumes where it stopped;
 ``builders.build`` writes it at the end of every build.
 """
 
@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from flam_jax.audio import io as audio_io
 from flam_jax.errors import AudioDecodeError, DataError
@@ -358,8 +359,6 @@ def build_index(
 
 
 def _progress(total: int, done: int, enabled: bool, meta: dict):
-    from tqdm import tqdm
-
     label = f"index {meta.get('dataset', '')}/{meta.get('split', '')}"
     return tqdm(total=total, initial=done, desc=label, unit="clip", disable=not enabled, file=sys.stderr)
 

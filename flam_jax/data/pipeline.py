@@ -19,11 +19,11 @@ budget, and keeps the fraction of mixtures that got a synthetic background.
 
 Trainer use::
 
-    it = pipeline.sed_iterator(config, tokenizer, groups=jax.local_device_count())
+    it = pipeline.sed_iterator(config, tokenizer, groups=sed_groups(config, mesh) // jax.process_count())
     git = pipeline.global_iterator(config, tokenizer)
-    # Orbax: ocp.args.Composite(..., sed_data=grain.checkpoint.CheckpointSave(it))
-    #        ocp.args.Composite(..., sed_data=grain.checkpoint.CheckpointRestore(it))
-    # or by hand: blob = it.get_state(); it.set_state(blob)   (bytes, JSON inside)
+    # train.data.TrainBatches zips both and is the checkpoint's one "data" item
+    # (grain.checkpoint.CheckpointSave / CheckpointRestore); by hand:
+    # blob = it.get_state(); it.set_state(blob)   (bytes, JSON inside)
 """
 
 import dataclasses
@@ -33,13 +33,16 @@ import sys
 from collections.abc import Callable
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 
 from flam_jax.data import batches, pools
 from flam_jax.data import simulate as sim
 from flam_jax.data.index import as_text
 from flam_jax.data.sampling import GLOBAL_STREAM, SED_STREAM, EventCandidates, HostSampler
 from flam_jax.errors import AudioDecodeError, ConfigError, DataError
+from flam_jax.timeline import WINDOW_SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +182,6 @@ def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDatase
     depth = max(1, buffer)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=depth, prefetch_buffer_size=depth))
     if workers > 0:
-        from absl import flags
-
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
             flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer)
@@ -234,7 +235,7 @@ def global_dataset(
     batch_size: int,
     *,
     seed: int,
-    num_samples: int = 480_000,
+    num_samples: int = WINDOW_SAMPLES,
     process_index: int = 0,
     process_count: int = 1,
     num_epochs: int | None = None,
@@ -391,8 +392,6 @@ def simulator_config(config) -> sim.SimulatorConfig:
 
 def _processes(process_index, process_count):
     if process_index is None or process_count is None:
-        import jax
-
         return jax.process_index(), jax.process_count()
     return process_index, process_count
 

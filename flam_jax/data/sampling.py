@@ -12,6 +12,13 @@ Host-local sampling (``data.sampling = "host"``, the default) draws an element's
 events from the host's own shard of the epoch (its clips that are not backgrounds), so a
 host reads about 1/P of the corpus per epoch; ``"corpus"`` draws them from every clip.
 Backgrounds always come from the whole background set, which every host reads.
+
+What host-local sampling changes: every clip is still a primary once per epoch and each
+event clip is drawn about equally often, but two clips can meet in one mixture only when
+they share a shard that epoch (probability about 1/P per epoch instead of 1), so
+co-occurrences spread over epochs, and a host's small shard repeats its clips more often
+within the epoch. A shard without event clips (a tiny pool on many hosts) falls back to
+all event clips.
 """
 
 import dataclasses

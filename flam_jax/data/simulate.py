@@ -31,12 +31,13 @@ from scipy import signal
 
 from flam_jax.audio import io as audio_io
 from flam_jax.errors import AudioDecodeError, DataError
+from flam_jax.timeline import WINDOW_SAMPLES
 
 
 @dataclasses.dataclass(frozen=True)
 class SimulatorConfig:
     sample_rate: int = audio_io.SAMPLE_RATE
-    num_samples: int = 480_000  # 10 s
+    num_samples: int = WINDOW_SAMPLES  # 10 s
     frames: int = 32  # label frames per mixture (3.2 Hz)
     window: int = 600  # activity window in samples: 12.5 ms, 25 per frame
     min_events: int = 1

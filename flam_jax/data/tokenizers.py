@@ -19,6 +19,8 @@ import shutil
 from collections.abc import Sequence
 
 import numpy as np
+import sentencepiece
+import tokenizers as hf_tokenizers
 
 from flam_jax import paths
 from flam_jax.errors import InputError, ModelLoadError
@@ -106,8 +108,6 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
     def __init__(self, path: str, context_length: int):
-        import sentencepiece
-
         try:
             self.sp = sentencepiece.SentencePieceProcessor(model_file=path)
         except (OSError, RuntimeError) as err:
@@ -124,34 +124,33 @@ class SentencePieceTokenizer(Tokenizer):
 
 def roberta_bpe(vocab_path: str, merges_path: str, context_length: int = 77) -> HFTokenizer:
     """RoBERTa's byte-level BPE from vocab.json + merges.txt (what RobertaTokenizer does)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
     try:
-        bpe = models.BPE.from_file(vocab_path, merges_path)
+        bpe = hf_tokenizers.models.BPE.from_file(vocab_path, merges_path)
     except Exception as err:  # tokenizers raises plain Exceptions for bad files
         raise ModelLoadError(f"cannot read BPE files {vocab_path}, {merges_path}: {err}") from err
-    backend = Tokenizer(bpe)
+    backend = hf_tokenizers.Tokenizer(bpe)
     vocab = backend.get_vocab()
     absent = [t for t in ROBERTA_SPECIALS if t not in vocab]
     if absent:
         raise ModelLoadError(f"{vocab_path} lacks the RoBERTa special tokens {absent}")
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.RobertaProcessing(
+    backend.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = hf_tokenizers.decoders.ByteLevel()
+    backend.post_processor = hf_tokenizers.processors.RobertaProcessing(
         sep=("</s>", vocab["</s>"]), cls=("<s>", vocab["<s>"]), add_prefix_space=False, trim_offsets=True
     )
     # <mask> swallows the space before it, as in RobertaTokenizer.
     backend.add_special_tokens(
-        [AddedToken(t, lstrip=(t == "<mask>"), normalized=False, special=True) for t in ROBERTA_SPECIALS]
+        [
+            hf_tokenizers.AddedToken(t, lstrip=(t == "<mask>"), normalized=False, special=True)
+            for t in ROBERTA_SPECIALS
+        ]
     )
     return HFTokenizer(backend, [vocab_path, merges_path], context_length, vocab["<pad>"], "roberta-bpe")
 
 
 def hf_tokenizer_json(path: str, context_length: int = 77) -> HFTokenizer:
-    from tokenizers import Tokenizer
-
     try:
-        backend = Tokenizer.from_file(path)
+        backend = hf_tokenizers.Tokenizer.from_file(path)
     except Exception as err:
         raise ModelLoadError(f"cannot read {path}: {err}") from err
     padding = backend.padding

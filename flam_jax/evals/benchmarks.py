@@ -17,6 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from flam_jax import paths
+from flam_jax.audio import io as audio_io
+from flam_jax.data import builders
 from flam_jax.errors import DataError, InputError
 
 
@@ -86,8 +88,6 @@ class Item:
 
 def open_source(bench: Benchmark, data_dir: str, split: str | None = None, cache_dir: str | None = None):
     """The builder's random-access source for ``bench`` (building a raw folder first)."""
-    from flam_jax.data import builders
-
     if not paths.isdir(data_dir):
         raise DataError(f"data directory not found: {data_dir}")
     if paths.is_remote(data_dir):  # a raw folder in a bucket: built into a local cache
@@ -109,8 +109,6 @@ def open_source(bench: Benchmark, data_dir: str, split: str | None = None, cache
 
 def _is_built(bench: Benchmark, data_dir: str) -> bool | None:
     """True: built with the preferred split; None: built without it; False: not built."""
-    from flam_jax.data import builders
-
     try:
         builders.load(bench.kind, data_dir, bench.splits[0], bench.config)
         return True
@@ -125,8 +123,6 @@ def _local_cache(url: str) -> str:
 
 def read_items(source) -> list[Item]:
     """Builder records → Items (records are read once; audio stays encoded until needed)."""
-    from flam_jax.audio import io as audio_io
-
     items = []
     for i in range(len(source)):
         record = source[i]

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from flam_jax.errors import InputError
-from flam_jax.evals.postprocess import TIME_DECIMALS
 from flam_jax.evals.sed import Event, merged_event_lists
+from flam_jax.timeline import TIME_DECIMALS
 
 
 def _f_measure(ntp, nsys, nref) -> tuple[float, float, float]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from flam_jax.data import simulate as sim
@@ -87,8 +88,6 @@ class ValidationHook:
         self._graphdef = None
 
     def _compile(self, graphdef, state) -> None:
-        from flax import nnx
-
         shardings = [getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(state)]
         mesh = next((s.mesh for s in shardings if isinstance(s, NamedSharding)), None)
         self._replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
@@ -111,8 +110,6 @@ class ValidationHook:
         return jax.make_array_from_process_local_data(self._replicated, x, x.shape)
 
     def __call__(self, model, step=None) -> dict:
-        from flax import nnx
-
         graphdef, state = nnx.split(model)
         if graphdef != self._graphdef:
             self._compile(graphdef, state)

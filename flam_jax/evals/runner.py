@@ -1,42 +1,39 @@
-"""``flam-evaluate``: run a model over a standard benchmark and write metrics and plots.
-
-    flam-evaluate --model EXPORT_DIR --benchmark desed --data-dir DIR [--out DIR]
+"""Run a model over a standard benchmark: metrics, curves and examples (``flam-evaluate``).
 
 The model is any object with the FLAM API (``flam_jax.infer.api.FLAM``):
 ``embed_audio(wave [B, 480000]) -> .frames, .global_``, ``embed_text(texts) -> .emb …``
 and ``frame_scores(audio_emb, text_emb) -> [B, N, F]``; ``evaluate`` takes it directly,
 so tests run it with a small or fake model.
 
-Audio handling (FLAM_SPEC §7 leaves long audio to the implementation):
-- SED: a clip is cut into 10 s windows, each zero-padded (silence) to 480000 samples and
-  scored as a clip of its own; events are cut at window edges; a final window shorter
-  than 0.5 s is dropped. Clips of ≤ 10 s are one window.
-- Global embeddings (retrieval, zero-shot): clips shorter than 10 s are repeat-padded;
-  longer ones are covered by 10 s windows (the last one ending at the clip's end) whose
-  global embeddings are averaged and re-normalised.
+Audio follows ``flam_jax.timeline`` (FLAM_SPEC §7 leaves long audio to the implementation):
+- SED: a clip is cut into 10 s windows (hop 10 s), each zero-padded to one window and
+  scored as a clip of its own; events are cut at window edges; a final window with at
+  most 0.5 s of audio is dropped. Clips of ≤ 10 s are one window.
+- Global embeddings (retrieval, zero-shot): the timeline's global rule, the one
+  ``FLAM.embed_windows`` and flam-search use.
 """
 
-import argparse
-import math
-import os
 import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from flam_jax.cli import report_errors
+from flam_jax import timeline
+from flam_jax.data.builders.common import humanise_label
+from flam_jax.data.pools import RecordPool
 from flam_jax.errors import InputError
 from flam_jax.evals import sed
 from flam_jax.evals.benchmarks import Benchmark, Item, get_benchmark, label_names, open_source, read_items
 from flam_jax.evals.event_based import event_f1, segment_f1
-from flam_jax.evals.postprocess import events_to_frame_labels, median_filter, scores_to_events
+from flam_jax.evals.hook import mixture_queries, simulate_mixtures
+from flam_jax.evals.postprocess import events_to_frame_labels, scores_to_events
+from flam_jax.evals.report import write_report
 from flam_jax.evals.retrieval import retrieval_metrics
 from flam_jax.evals.zeroshot import DEFAULT_TEMPLATE, class_prompts, zeroshot_metrics
+from flam_jax.timeline import WINDOW_S, WINDOW_SAMPLES
 
-SAMPLE_RATE = 48_000
-WINDOW = 480_000
-WINDOW_S = 10.0
-MIN_TAIL_S = 0.5
+MIN_TAIL = int(0.5 * timeline.SAMPLE_RATE)  # samples: a shorter last SED window is dropped
 TEXT_CHUNK = 256
 THRESHOLD = 0.5
 F1_GRID = np.round(np.linspace(0.0, 1.0, 51), 4)
@@ -45,37 +42,19 @@ F1_GRID = np.round(np.linspace(0.0, 1.0, 51), 4)
 # --------------------------------------------------------------------------- audio windows
 
 
-def sed_window_count(num_samples: int) -> int:
-    return max(1, math.ceil(num_samples / SAMPLE_RATE / WINDOW_S - MIN_TAIL_S / WINDOW_S))
+def sed_window_starts(num_samples: int) -> list[int]:
+    """Start samples of the SED windows (see the module doc)."""
+    return timeline.window_starts(num_samples, WINDOW_SAMPLES, min_tail=MIN_TAIL)
 
 
-def sed_windows(wave: np.ndarray) -> list[np.ndarray]:
-    """10 s windows, zero-padded at the end (see the module doc)."""
-    out = []
-    for k in range(sed_window_count(len(wave))):
-        piece = wave[k * WINDOW : (k + 1) * WINDOW]
-        out.append(np.pad(piece, (0, WINDOW - len(piece))))
-    return out
+def sed_windows(wave: np.ndarray) -> np.ndarray:
+    """[W, 480000]: 10 s windows, zero-padded at the end (see the module doc)."""
+    return timeline.cut_windows(wave, sed_window_starts(len(wave)))
 
 
 def window_events(events, k: int) -> list[tuple[float, float, str]]:
     """Events of window ``k``, cut at its edges and shifted to start at 0."""
-    lo, hi = k * WINDOW_S, (k + 1) * WINDOW_S
-    out = []
-    for onset, offset, label in events:
-        a, b = max(onset, lo) - lo, min(offset, hi) - lo
-        if b > a:
-            out.append((round(a, 6), round(b, 6), label))
-    return out
-
-
-def global_windows(wave: np.ndarray) -> list[np.ndarray]:
-    if len(wave) == 0:
-        raise InputError("empty audio clip")
-    if len(wave) <= WINDOW:
-        return [np.resize(wave, WINDOW)]  # np.resize repeats the clip
-    starts = [*range(0, len(wave) - WINDOW, WINDOW), len(wave) - WINDOW]
-    return [wave[s : s + WINDOW] for s in starts]
+    return timeline.events_in_window(events, k * WINDOW_S)
 
 
 def _batches(windows: Iterator[tuple[int, np.ndarray]], batch_size: int):
@@ -89,13 +68,11 @@ def _batches(windows: Iterator[tuple[int, np.ndarray]], batch_size: int):
             yield owners, np.stack(waves).astype(np.float32)
             owners, waves = [], []
     if waves:
-        waves += [np.zeros(WINDOW, np.float32)] * (batch_size - len(waves))
+        waves += [np.zeros(WINDOW_SAMPLES, np.float32)] * (batch_size - len(waves))
         yield owners, np.stack(waves).astype(np.float32)
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="win", disable=not enabled, file=sys.stderr)
 
 
@@ -109,7 +86,7 @@ def _embed_texts(model, texts: Sequence[str]) -> list:
 def score_items(model, items: Sequence[Item], queries: Sequence[str], batch_size: int, progress: bool):
     """Frame scores [windows, queries, F] for every SED window, and each window's (item, k)."""
     text_chunks = _embed_texts(model, queries)
-    index = [(i, k) for i, item in enumerate(items) for k in range(sed_window_count(item.num_samples))]
+    index = [(i, k) for i, item in enumerate(items) for k in range(len(sed_window_starts(item.num_samples)))]
 
     def windows():
         for i, item in enumerate(items):
@@ -127,23 +104,23 @@ def score_items(model, items: Sequence[Item], queries: Sequence[str], batch_size
 
 
 def global_embeddings(model, items: Sequence[Item], batch_size: int, progress: bool) -> np.ndarray:
-    """One unit-norm global embedding per item (windows averaged, see the module doc)."""
+    """[items, D]: one unit-norm global embedding per item, by the timeline's global rule;
+    windows of several items share the model's batches."""
 
     def windows():
         for i, item in enumerate(items):
-            for w in global_windows(item.audio()):
+            for w in timeline.global_windows(item.audio()):
                 yield i, w
 
-    total = sum(len(range(0, item.num_samples - WINDOW, WINDOW)) + 1 for item in items)
-    sums = None  # the mean direction: summing and re-normalising is enough
+    total = sum(len(timeline.global_window_starts(item.num_samples)) for item in items)
+    per_item = [[] for _ in items]
     with _progress(total, "embedding", progress) as bar:
         for owners, batch in _batches(windows(), batch_size):
-            emb = np.asarray(model.embed_audio(batch).global_, dtype=np.float64)[: len(owners)]
-            if sums is None:
-                sums = np.zeros((len(items), emb.shape[1]))
-            np.add.at(sums, owners, emb)
+            emb = np.asarray(model.embed_audio(batch).global_)[: len(owners)]
+            for owner, row in zip(owners, emb, strict=True):
+                per_item[owner].append(row)
             bar.update(len(owners))
-    return sums / np.linalg.norm(sums, axis=1, keepdims=True)
+    return np.stack([timeline.mean_direction(np.stack(rows)) for rows in per_item])
 
 
 def text_embeddings(model, texts: Sequence[str]) -> np.ndarray:
@@ -160,7 +137,7 @@ def sed_metrics(
     frames = scores.shape[2]
     labels = events_to_frame_labels(events, class_names, frames)
     auc = sed.frame_auroc(scores, labels)
-    filtered = median_filter(scores, 3)
+    filtered = timeline.median_filter(scores, 3)
     detected = scores_to_events(scores, class_names, THRESHOLD)  # median filter inside
     durations = [WINDOW_S] * len(scores)
     has_events = any(events)
@@ -209,8 +186,6 @@ def sed_metrics(
 
 
 def run_sed(model, items, bench: Benchmark, batch_size: int, progress: bool, names: dict[str, str]):
-    from flam_jax.data.builders.common import humanise_label
-
     class_names = sorted({e[2] for item in items for e in item.events})
     if not class_names:
         raise InputError(f"{bench.name}: no events in this split, nothing to detect")
@@ -271,13 +246,10 @@ def run_zeroshot(model, items, bench: Benchmark, batch_size: int, progress: bool
 
 
 def run_simulated(model, source, bench: Benchmark, batch_size: int, progress: bool, count: int, seed: int):
-    from flam_jax.data.pools import RecordPool
-    from flam_jax.evals.hook import mixture_queries, simulate_mixtures
-
     mixtures = simulate_mixtures(RecordPool.from_records(source), count, seed)
     queries, labels = mixture_queries(mixtures)
     items = [
-        Item(id=f"mixture{m:05d}", audio=(lambda m=m: mixtures[m].audio), num_samples=WINDOW)
+        Item(id=f"mixture{m:05d}", audio=(lambda m=m: mixtures[m].audio), num_samples=WINDOW_SAMPLES)
         for m in range(len(mixtures))
     ]
     scores, _ = score_items(model, items, queries, batch_size, progress)
@@ -289,13 +261,9 @@ def run_simulated(model, source, bench: Benchmark, batch_size: int, progress: bo
 
 def _labels_to_events(labels: np.ndarray, queries: Sequence[str]) -> list[list[tuple[float, float, str]]]:
     """Frame labels [clips, queries, F] → events on the frame grid (for the event metrics)."""
-    from flam_jax.evals.postprocess import frame_boundaries, runs
-
-    edges = frame_boundaries(labels.shape[2])
-    row, start, end = runs(labels.astype(bool))
     events = [[] for _ in range(labels.shape[0])]
-    for r, a, b in zip(row.tolist(), start.tolist(), end.tolist(), strict=True):
-        events[r // labels.shape[1]].append((float(edges[a]), float(edges[b]), queries[r % labels.shape[1]]))
+    for r, onset, offset in timeline.run_times(labels):
+        events[r // labels.shape[1]].append((onset, offset, queries[r % labels.shape[1]]))
     return events
 
 
@@ -334,75 +302,5 @@ def evaluate(
         )
     result = {"benchmark": bench.name, "split": used_split, "task": bench.task, "metrics": metrics}
     if out_dir:
-        from flam_jax.evals.report import write_report
-
         write_report(out_dir, result, curves, examples)
     return result
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="flam-evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", required=True, help="export directory (flam-export / flam-convert-openflam)"
-    )
-    parser.add_argument("--benchmark", required=True, help="one of: " + ", ".join(sorted(_names())))
-    parser.add_argument("--data-dir", required=True, help="built TFDS data_dir, or the raw dataset folder")
-    parser.add_argument("--out", default=None, help="report folder (default: ./flam_eval/BENCHMARK)")
-    parser.add_argument("--split", default=None, help="dataset split (default: the benchmark's test split)")
-    parser.add_argument("--batch-size", type=int, default=8, help="10 s windows per model call")
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template with {}")
-    parser.add_argument("--mixtures", type=int, default=200, help="simulated: number of mixtures")
-    parser.add_argument("--seed", type=int, default=0, help="simulated: mixture seed")
-    parser.add_argument(
-        "--label-names", default=None, help="label to display-name file (default: AudioSet's, if in DATA_DIR)"
-    )
-    parser.add_argument(
-        "--cache-dir", default=None, help="where a raw folder is built (default: DATA_DIR/.flam_tfds)"
-    )
-    return parser.parse_args(argv)
-
-
-def _names():
-    from flam_jax.evals.benchmarks import BENCHMARKS
-
-    return BENCHMARKS
-
-
-@report_errors
-def main(argv=None) -> int:
-    args = _parse(argv)
-    get_benchmark(args.benchmark)  # fail on a typo before loading the model
-    from flam_jax.infer.api import FLAM
-
-    model = FLAM.load(args.model)
-    out = args.out or os.path.join("flam_eval", args.benchmark)
-    result = evaluate(
-        model,
-        args.benchmark,
-        args.data_dir,
-        out_dir=out,
-        split=args.split,
-        batch_size=args.batch_size,
-        template=args.template,
-        mixtures=args.mixtures,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-        label_file=args.label_names,
-        progress=True,
-    )
-    from flam_jax.evals.report import markdown_table
-
-    print(markdown_table(result))
-    print(f"report written to {out}")
-    return 0
-
-
-def run() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

@@ -23,10 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load, load_file, save, save_file
 
 from flam_jax import paths
+from flam_jax.config import base_config
+from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, FlamError, ModelLoadError
+from flam_jax.export.weights import set_weights
 from flam_jax.jsonfile import read_json
+from flam_jax.models.flam import build_model
 
 FORMAT = "flam_jax.export"
 VERSION = 1
@@ -64,8 +69,6 @@ def save_export(out_dir: str, weights: dict[str, np.ndarray], model_config, toke
 
 def write_params(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     """A safetensors file, written whole (a local file through a renamed temporary)."""
-    from safetensors.numpy import save, save_file
-
     if paths.is_remote(path):
         paths.write_bytes(path, save(arrays, metadata=metadata))
         return
@@ -76,8 +79,6 @@ def write_params(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
 
 def read_params(path: str, error: type[FlamError] = ModelLoadError) -> dict[str, np.ndarray]:
     """A safetensors file (local or remote) as numpy arrays; missing or damaged → ``error``."""
-    from safetensors.numpy import load, load_file
-
     if not paths.isfile(path):
         raise error(f"{path} not found")
     try:
@@ -98,9 +99,8 @@ def read_config(export_dir: str) -> dict:
     return config
 
 
-def _full_model_config(model_section: dict, where: str):
-    from flam_jax.config import base_config
-
+def full_model_config(model_section: dict, where: str):
+    """The stored model section over today's defaults; unknown keys and bad values refused."""
     cfg = base_config().model
     for key, value in model_section.items():
         if key not in cfg:
@@ -127,12 +127,8 @@ def _materialise_rng_state(model: nnx.Module, seed: int = 0) -> None:
 
 def load_export(export_dir: str):
     """(model, model_config, tokenizer or None) from an export directory (local or remote)."""
-    from flam_jax.data.tokenizers import load_tokenizer
-    from flam_jax.export.weights import set_weights
-    from flam_jax.models.flam import build_model
-
     config = read_config(export_dir)
-    model_cfg = _full_model_config(config["model"], paths.join(export_dir, CONFIG_FILE))
+    model_cfg = full_model_config(config["model"], paths.join(export_dir, CONFIG_FILE))
     params_path = paths.join(export_dir, PARAMS_FILE)
     if not paths.isfile(params_path):
         raise ModelLoadError(f"{export_dir} has no {PARAMS_FILE}")

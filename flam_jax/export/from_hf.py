@@ -6,7 +6,6 @@ The HF names map one to one onto the tower's roles; Linear weights are transpose
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -15,6 +14,7 @@ from flam_jax import paths
 from flam_jax.errors import CheckpointError
 from flam_jax.export.export_dir import read_params
 from flam_jax.export.weights import Conversion, set_weights, weight_shapes
+from flam_jax.jsonfile import read_json
 from flam_jax.models.configs import TextConfig
 
 # HF buffers that the tower recomputes.
@@ -57,10 +57,9 @@ def map_text_weights(conv: Conversion, num_layers: int, source: str = "", target
 def text_config_from_hf(directory: str, context_length: int = 77, dropout: float | None = None) -> TextConfig:
     """A ``TextConfig`` from an HF ``config.json`` (BERT or RoBERTa family)."""
     path = paths.join(directory, "config.json")
-    try:
-        hf = json.loads(paths.read_text(path))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
+    hf = read_json(path, CheckpointError, f"cannot read {path}: not found")
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} is not a Hugging Face model config")
     kind = hf.get("model_type", "")
     if kind not in (*_ROBERTA_TYPES, "bert"):
         raise CheckpointError(f"{path}: model_type {kind!r} is not a BERT or RoBERTa model")

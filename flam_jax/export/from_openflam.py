@@ -1,4 +1,4 @@
-"""`flam-convert-openflam`: an openflam 1.0.2 state dict (.pth) -> a flam_jax export directory.
+"""An openflam 1.0.2 state dict (.pth) -> a flam_jax export directory (flam-convert-openflam).
 
 The checkpoint is read with ``torch.load(weights_only=True)`` (no arbitrary unpickling);
 torch is imported only here. Every key is mapped (FLAM_SPEC §11): the audio branch by
@@ -9,15 +9,21 @@ that does not fit, are a CheckpointError naming them.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Mapping
 
 import numpy as np
+from flax import nnx
 
-from flam_jax.cli import report_errors
+from flam_jax.config import base_config
+from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, InputError
+from flam_jax.export import openflam_audio
+from flam_jax.export.export_dir import save_export
+from flam_jax.export.from_hf import map_text_weights
+from flam_jax.export.weights import Conversion, weight_shapes
+from flam_jax.models.configs import HTSAT_CONFIGS, TEXT_CONFIGS
+from flam_jax.models.flam import build_model
 
 TEXT_PREFIX = "text_branch."
 # openflam's nn.Sequential heads keep weights at indices 0 and 2.
@@ -33,7 +39,7 @@ _TOKENIZER_CACHES = ("/tmp/openflam", None)
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:
     """The .pth state dict as float32/int numpy arrays (safe loader only)."""
-    import torch
+    import torch  # lazy: torch is a conversion-only dependency, not in requirements.txt
 
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -50,8 +56,6 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
 
 def detect_text_tower(state: Mapping[str, np.ndarray]) -> str:
     """The TEXT_CONFIGS name whose shapes the ``text_branch.*`` tensors have."""
-    from flam_jax.models.configs import TEXT_CONFIGS
-
     key = TEXT_PREFIX + "embeddings.word_embeddings.weight"
     if key not in state:
         raise CheckpointError(f"{key} not found: no RoBERTa text branch")
@@ -86,14 +90,6 @@ def _flatten(tree: dict, prefix: str) -> dict[str, np.ndarray]:
 
 def convert_state(state: Mapping[str, np.ndarray], model_config) -> dict[str, np.ndarray]:
     """openflam state dict -> flat weights of ``build_model(model_config)`` (checked)."""
-    from flax import nnx
-
-    from flam_jax.export import openflam_audio
-    from flam_jax.export.from_hf import map_text_weights
-    from flam_jax.export.weights import Conversion, weight_shapes
-    from flam_jax.models.configs import HTSAT_CONFIGS, TEXT_CONFIGS
-    from flam_jax.models.flam import build_model
-
     targets = weight_shapes(nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0))))
     audio_tree, _ = openflam_audio.convert_htsat(state, HTSAT_CONFIGS[model_config.audio_size])
     audio = _flatten(audio_tree, "audio.")
@@ -116,9 +112,6 @@ def convert_state(state: Mapping[str, np.ndarray], model_config) -> dict[str, np
 
 
 def default_model_config(state: Mapping[str, np.ndarray]):
-    from flam_jax.config import base_config
-    from flam_jax.export import openflam_audio
-
     cfg = base_config().model
     cfg.audio_size = openflam_audio.detect_htsat_size(state)
     cfg.text_tower = detect_text_tower(state)
@@ -133,7 +126,7 @@ def default_model_config(state: Mapping[str, np.ndarray]):
 
 def find_roberta_tokenizer() -> str | None:
     """A local roberta-base tokenizer (vocab.json + merges.txt) from a Hugging Face cache."""
-    try:
+    try:  # optional: a Hugging Face cache is only one place a tokenizer may come from
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
@@ -149,9 +142,6 @@ def find_roberta_tokenizer() -> str | None:
 
 def convert(checkpoint: str, out_dir: str, tokenizer_dir: str | None = None) -> str:
     """Convert ``checkpoint`` into the export directory ``out_dir``; returns ``out_dir``."""
-    from flam_jax.data.tokenizers import load_tokenizer
-    from flam_jax.export.export_dir import save_export
-
     state = read_checkpoint(checkpoint)
     model_cfg = default_model_config(state)
     weights = convert_state(state, model_cfg)
@@ -170,27 +160,3 @@ def convert(checkpoint: str, out_dir: str, tokenizer_dir: str | None = None) -> 
         out_dir, weights, model_cfg, tokenizer, source=f"openflam checkpoint {os.path.abspath(checkpoint)}"
     )
     return out_dir
-
-
-@report_errors
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="flam-convert-openflam", description="Convert an openflam .pth checkpoint to a flam_jax export."
-    )
-    parser.add_argument("--checkpoint", required=True, help="openflam state dict (.pth)")
-    parser.add_argument(
-        "--tokenizer-dir", default=None, help="roberta-base tokenizer files (vocab.json, merges.txt)"
-    )
-    parser.add_argument("--out", required=True, help="export directory to write")
-    args = parser.parse_args(argv)
-    out = convert(args.checkpoint, args.out, args.tokenizer_dir)
-    print(f"wrote {out}")
-    return 0
-
-
-def run() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from flam_jax.audio import frontend
 from flam_jax.errors import CheckpointError
 from flam_jax.models import htsat as htsat_lib
 from flam_jax.models.configs import HTSAT_CONFIGS, HTSATConfig
+from flam_jax.models.htsat import HTSAT
+from flam_jax.models.names import param_name
 
 PREFIX = "audio_branch."
 _DROPPED = ("bn0.num_batches_tracked",)
@@ -208,8 +213,6 @@ def detect_htsat_size(state: Mapping[str, np.ndarray], *, prefix: str = PREFIX) 
 
 def load_htsat(model, state: Mapping[str, np.ndarray], *, prefix: str = PREFIX) -> set[str]:
     """Convert and write the audio branch into ``model`` (an HTSAT) in place; returns keys used."""
-    from flax import nnx
-
     pure, used = convert_htsat(state, model.cfg, prefix=prefix)
     target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     _check_covers(dict(nnx.to_flat_state(target)), _flatten(pure))
@@ -233,12 +236,6 @@ def htsat_from_openflam(
     arrays, which avoids compiling every initialiser (tens of seconds on a CPU). Only the
     rng streams (SpecAugment, stochastic depth) are seeded from ``seed``.
     """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from flam_jax.models.htsat import HTSAT
-
     size = size or detect_htsat_size(state, prefix=prefix)
     cfg = HTSAT_CONFIGS[size]
     pure, _ = convert_htsat(state, cfg, prefix=prefix)
@@ -258,19 +255,19 @@ def htsat_from_openflam(
         elif isinstance(variable, nnx.RngCount):
             variable.set_value(jnp.zeros((), jnp.uint32))
         else:  # a new kind of state this loader does not know how to fill
-            raise CheckpointError(f"HTSAT state {'/'.join(map(str, path))} has no value in the checkpoint")
+            raise CheckpointError(f"HTSAT state {param_name(path)} has no value in the checkpoint")
     return nnx.merge(graphdef, model_state)
 
 
 def _check_covers(target: dict, converted: dict) -> None:
     """The converted arrays must be exactly the model's parameters and statistics, same shapes."""
     if set(target) != set(converted):
-        gap = sorted("/".join(map(str, p)) for p in set(target) ^ set(converted))
+        gap = sorted(param_name(p) for p in set(target) ^ set(converted))
         raise CheckpointError(f"converted audio state does not match the model at: {', '.join(gap[:8])}")
     for path, value in converted.items():
         want = tuple(target[path].get_value().shape)
         if tuple(value.shape) != want:
-            raise CheckpointError(f"{'/'.join(map(str, path))}: converted shape {value.shape}, model {want}")
+            raise CheckpointError(f"{param_name(path)}: converted shape {value.shape}, model {want}")
 
 
 def _flatten(tree: dict, path: tuple = ()) -> dict:

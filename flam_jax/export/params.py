@@ -1,7 +1,4 @@
-"""``flam-export``: a training workdir → an export directory (parameters only).
-
-    flam-export --workdir DIR --out EXPORT_DIR [--step N] [--dtype float32|bfloat16] [--stablehlo]
-                [--platforms cpu,cuda]
+"""A training workdir → an export directory, parameters only (``flam-export``).
 
 Reads ``DIR/config.json`` (the resolved training config) and the latest complete Orbax
 step under ``DIR/checkpoints`` (or ``--step``). Only ``params`` and ``extra`` (BatchNorm
@@ -14,15 +11,21 @@ converter writes too): config.json, params.safetensors (float32, or bfloat16 wit
 
 from __future__ import annotations
 
-import argparse
-import sys
-
+import jax
+import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
 
 from flam_jax import paths
-from flam_jax.cli import report_errors
+from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
+from flam_jax.export.export_dir import full_model_config, save_export
+from flam_jax.export.stablehlo import export_stablehlo
+from flam_jax.export.weights import set_weights, weight_shapes
 from flam_jax.jsonfile import read_json
+from flam_jax.models.flam import build_model
+from flam_jax.models.names import export_name
 
 DTYPES = ("float32", "bfloat16")
 
@@ -51,8 +54,6 @@ def read_training_config(workdir: str) -> dict:
 
 def restore_weights(state_dir: str) -> dict[str, np.ndarray]:
     """{dotted name: numpy array} of the params and extra collections of a saved TrainState."""
-    import orbax.checkpoint as ocp
-
     # Orbax reads a relative path's metadata as missing (a TypeError deep inside).
     state_dir = paths.resolve(state_dir)
     try:
@@ -76,13 +77,11 @@ def restore_weights(state_dir: str) -> dict[str, np.ndarray]:
     weights = {}
     for collection in restored.values():
         for key, value in collection.items():
-            weights[key.replace("/", ".")] = np.asarray(value)
+            weights[export_name(key)] = np.asarray(value)
     return weights
 
 
 def jax_tree_map(fn, tree):
-    import jax
-
     return jax.tree_util.tree_map(fn, tree, is_leaf=lambda x: not isinstance(x, dict))
 
 
@@ -96,13 +95,6 @@ def export_workdir(
     platforms: tuple[str, ...] | None = None,
 ) -> dict:
     """Write an export directory from a training workdir; returns a summary dict."""
-    from flax import nnx
-
-    from flam_jax.data.tokenizers import load_tokenizer
-    from flam_jax.export.export_dir import _full_model_config, save_export
-    from flam_jax.export.weights import set_weights, weight_shapes
-    from flam_jax.models.flam import build_model
-
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
     config = read_training_config(workdir)
@@ -114,7 +106,7 @@ def export_workdir(
     elif step not in steps:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step} (have {steps})")
     try:
-        model_cfg = _full_model_config(config["model"], paths.join(workdir, "config.json"))
+        model_cfg = full_model_config(config["model"], paths.join(workdir, "config.json"))
     except ModelLoadError as err:
         raise CheckpointError(str(err)) from err
     stored = restore_weights(paths.join(workdir, "checkpoints", str(step), "state"))
@@ -123,8 +115,6 @@ def export_workdir(
     weights = {k: v for k, v in stored.items() if k in names}  # drop non-weight extras, if any
     set_weights(model, weights, what=f"checkpoint step {step}")  # strict names and shapes
     if dtype == "bfloat16":
-        import ml_dtypes
-
         weights = {k: v.astype(ml_dtypes.bfloat16) for k, v in weights.items()}
     else:
         weights = {k: v.astype(np.float32) for k, v in weights.items()}
@@ -143,8 +133,6 @@ def export_workdir(
     )
     files = []
     if stablehlo:
-        from flam_jax.export.stablehlo import export_stablehlo
-
         files = export_stablehlo(out_dir, platforms=platforms)
     return {
         "step": step,
@@ -153,46 +141,3 @@ def export_workdir(
         "tokenizer": tokenizer is not None,
         "stablehlo": files,
     }
-
-
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="flam-export", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
-    parser.add_argument("--out", required=True, help="export directory to write")
-    parser.add_argument(
-        "--step", type=int, default=None, help="checkpoint step (default: the latest complete one)"
-    )
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the stored parameters")
-    parser.add_argument("--stablehlo", action="store_true", help="also write jax.export StableHLO artefacts")
-    parser.add_argument(
-        "--platforms", default="", help="StableHLO lowering platforms, comma-separated (default: cpu,cuda)"
-    )
-    return parser.parse_args(argv)
-
-
-@report_errors
-def main(argv=None) -> int:
-    args = _parse(argv)
-    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip()) or None
-    summary = export_workdir(
-        args.workdir,
-        args.out,
-        step=args.step,
-        dtype=args.dtype,
-        stablehlo=args.stablehlo,
-        platforms=platforms,
-    )
-    extra = f", StableHLO: {len(summary['stablehlo']) - 1} functions" if summary["stablehlo"] else ""
-    print(
-        f"exported step {summary['step']} ({summary['weights']} tensors, {summary['dtype']}"
-        f"{'' if summary['tokenizer'] else ', no tokenizer'}{extra}) to {args.out}"
-    )
-    return 0
-
-
-def run() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

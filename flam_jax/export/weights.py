@@ -15,12 +15,9 @@ import numpy as np
 from flax import nnx
 
 from flam_jax.errors import CheckpointError
+from flam_jax.models.names import EXPORT_SEP, param_name
 
 WEIGHT_TYPES = (nnx.Param, nnx.BatchStat)
-
-
-def _dotted(path: tuple) -> str:
-    return ".".join(str(part) for part in path)
 
 
 def _flat_variables(module: nnx.Module):
@@ -29,25 +26,29 @@ def _flat_variables(module: nnx.Module):
 
 def weight_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
     """{dotted path: shape}; works on abstract modules from ``nnx.eval_shape`` too."""
-    return {_dotted(path): tuple(var.get_value().shape) for path, var in _flat_variables(module)}
+    return {
+        param_name(path, EXPORT_SEP): tuple(var.get_value().shape) for path, var in _flat_variables(module)
+    }
 
 
 def get_weights(module: nnx.Module) -> dict[str, np.ndarray]:
     """{dotted path: host array} of every parameter and batch statistic."""
-    return {_dotted(path): np.asarray(var.get_value()) for path, var in _flat_variables(module)}
+    return {
+        param_name(path, EXPORT_SEP): np.asarray(var.get_value()) for path, var in _flat_variables(module)
+    }
 
 
 def set_weights(module: nnx.Module, weights: Mapping[str, np.ndarray], *, what: str = "weights") -> None:
     """Overwrite every weight of ``module``; missing, extra or misshapen entries raise."""
     state = nnx.state(module, WEIGHT_TYPES)
     flat = nnx.to_flat_state(state)
-    expected = {_dotted(path) for path, _ in flat}
+    expected = {param_name(path, EXPORT_SEP) for path, _ in flat}
     missing = sorted(expected - set(weights))
     unexpected = sorted(set(weights) - expected)
     if missing or unexpected:
         raise CheckpointError(f"{what}: {_key_report(missing, unexpected)}")
     for path, var in flat:
-        key = _dotted(path)
+        key = param_name(path, EXPORT_SEP)
         value = weights[key]
         old = var.get_value()
         if tuple(value.shape) != tuple(old.shape):

@@ -9,10 +9,11 @@
 
 Results are numpy arrays. Audio is resampled to 48 kHz and mixed to mono. ``embed_audio``
 embeds exactly the clip it is given (shorter clips are stretched by the front end, as in
-openflam). ``score``/``detect``/``embed_windows`` work on recordings of any length: 10 s
-windows at a hop, the last one zero-padded (see ``infer.windows``), batched in power-of-two
-batch buckets of fixed 480000-sample windows, so mixed-length files reuse the compiled
-functions instead of compiling per file.
+openflam). ``score``/``detect``/``embed_windows`` work on recordings of any length with
+``flam_jax.timeline``'s two rules (frame scores: zero-padded 10 s windows at a hop; global
+embedding: the windows training sees, averaged), batched in power-of-two batch buckets of
+fixed 10 s windows, so mixed-length files reuse the compiled functions instead of
+compiling per file.
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+import soxr
 from flax import nnx
 
+from flam_jax import timeline
+from flam_jax.audio.frontend import validate_waveform
+from flam_jax.audio.io import load_audio
 from flam_jax.errors import InputError
-from flam_jax.infer import windows as win
+from flam_jax.export.export_dir import load_export, save_export
+from flam_jax.export.weights import get_weights
 from flam_jax.infer.events import Event, extract_events
+from flam_jax.models.flam import frame_scores
+from flam_jax.timeline import SAMPLE_RATE, WINDOW_SAMPLES
 
-SAMPLE_RATE = 48000
 METHODS = ("unbiased", "approximate")
 
 
@@ -56,7 +63,7 @@ class WindowEmbedding:
     num_samples: int
     starts: list[int]  # window start samples
     frames: np.ndarray  # [W, F, D] unit norm
-    global_: np.ndarray  # [D] unit norm: window globals weighted by their share of real audio
+    global_: np.ndarray  # [D] unit norm: timeline's global rule (the windows training sees)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +101,6 @@ def _resample(wave: np.ndarray, sample_rate: int | None) -> np.ndarray:
         return wave
     if not (isinstance(sample_rate, int | np.integer) and sample_rate > 0):
         raise InputError(f"sample rate must be a positive integer, got {sample_rate!r}")
-    import soxr
 
     if wave.ndim == 1:
         return soxr.resample(wave, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
@@ -104,8 +110,6 @@ def _resample(wave: np.ndarray, sample_rate: int | None) -> np.ndarray:
 def read_audio(audio, sample_rate: int | None = None) -> tuple[np.ndarray, str]:
     """(mono float32 samples at 48 kHz, a name for messages) from a path or an array."""
     if isinstance(audio, str | os.PathLike):
-        from flam_jax.audio.io import load_audio
-
         return load_audio(audio), os.fspath(audio)
     wave = np.asarray(audio)
     if not np.issubdtype(wave.dtype, np.floating):
@@ -141,8 +145,6 @@ class FLAM:
         def text_fn(state, ids, mask):
             return nnx.merge(graphdef, state).embed_text(ids, mask)
 
-        from flam_jax.models.flam import frame_scores
-
         self._state = state
         # jit caches one executable per input shape; callers below only use bucket shapes.
         self._audio_fn = jax.jit(audio_fn)
@@ -152,14 +154,9 @@ class FLAM:
     @classmethod
     def load(cls, export_dir: str, **kwargs) -> FLAM:
         """Open an export directory; ModelLoadError if it is missing, corrupt or inconsistent."""
-        from flam_jax.export.export_dir import load_export
-
         return cls(*load_export(os.fspath(export_dir)), **kwargs)
 
     def save(self, out_dir: str, source: str = "") -> None:
-        from flam_jax.export.export_dir import save_export
-        from flam_jax.export.weights import get_weights
-
         save_export(out_dir, get_weights(self.model), self.model_config, self.tokenizer, source=source)
 
     @property
@@ -168,7 +165,7 @@ class FLAM:
 
     @property
     def frame_rate_hz(self) -> float:
-        return self.num_frames * SAMPLE_RATE / win.WINDOW_SAMPLES
+        return self.num_frames * SAMPLE_RATE / WINDOW_SAMPLES
 
     # ---- one clip as the model sees it -------------------------------------------------
 
@@ -178,8 +175,6 @@ class FLAM:
         Any sample rate (``sample_rate``, default 48 kHz; files carry their own) is resampled
         to 48 kHz; shorter clips are stretched by the front end (openflam's behaviour).
         """
-        from flam_jax.audio.frontend import validate_waveform
-
         if isinstance(wave, str | os.PathLike):
             wave = read_audio(wave)[0]
         wave = np.asarray(wave)
@@ -244,15 +239,34 @@ class FLAM:
         return texts if isinstance(texts, TextEmbedding) else self.embed_text(texts)
 
     def embed_windows(self, audio, sample_rate: int | None = None, hop_s: float = 10.0) -> WindowEmbedding:
-        """A recording of any length as zero-padded 10 s windows at ``hop_s``."""
+        """A recording of any length: frames of zero-padded 10 s windows at ``hop_s``, and
+        its global embedding (both rules of ``flam_jax.timeline``)."""
         wave, source = read_audio(audio, sample_rate)
-        hop = win.hop_samples(hop_s, self.num_frames)
-        starts = win.window_starts(wave.shape[0], hop)
-        frames, globals_ = self._embed_windows(win.cut_windows(wave, starts))
-        real = np.array([min(wave.shape[0] - s, win.WINDOW_SAMPLES) for s in starts], np.float64)
-        mean = (globals_.astype(np.float64) * real[:, None]).sum(0)
-        global_ = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
-        return WindowEmbedding(source, wave.shape[0] / SAMPLE_RATE, wave.shape[0], starts, frames, global_)
+        num_samples = wave.shape[0]
+        hop = timeline.hop_samples(hop_s, self.num_frames)
+        starts = timeline.window_starts(num_samples, hop)
+        frames, globals_ = self._embed_windows(timeline.cut_windows(wave, starts))
+        # A frame window that lies wholly inside the recording is also a global window.
+        full = {s: g for s, g in zip(starts, globals_, strict=True) if s + WINDOW_SAMPLES <= num_samples}
+        global_ = self.global_embedding(wave, embedded=full)
+        return WindowEmbedding(source, num_samples / SAMPLE_RATE, num_samples, starts, frames, global_)
+
+    def global_embedding(self, audio, sample_rate: int | None = None, *, embedded=None) -> np.ndarray:
+        """[D] unit norm: a recording of any length by ``timeline``'s global rule.
+
+        ``embedded`` maps start samples of full windows already embedded to their globals,
+        which are reused rather than computed again.
+        """
+        wave = read_audio(audio, sample_rate)[0]
+        starts = timeline.global_window_starts(wave.shape[0])
+        embedded = embedded or {}
+        todo = [i for i, s in enumerate(starts) if s not in embedded or wave.shape[0] < WINDOW_SAMPLES]
+        fresh = {}
+        if todo:
+            _, new = self._embed_windows(timeline.global_windows(wave)[todo])
+            fresh = dict(zip(todo, new, strict=True))
+        rows = [fresh[i] if i in fresh else embedded[s] for i, s in enumerate(starts)]
+        return timeline.mean_direction(np.stack(rows)).astype(np.float32)
 
     def window_scores(self, windows: WindowEmbedding, texts, method: str = "unbiased") -> Timeline:
         """Timeline scores of indexed windows (``embed_windows``) against texts."""
@@ -260,7 +274,7 @@ class FLAM:
             raise InputError(f"method must be 'unbiased' or 'approximate', got {method!r}")
         text = self._texts(texts)
         per_window = self._bucketed_scores(windows.frames, text, method)
-        scores = win.average_windows(per_window, windows.starts, windows.num_samples)
+        scores = timeline.average_windows(per_window, windows.starts, windows.num_samples)
         return Timeline(windows.source, windows.duration_s, text.texts, scores, self.frame_rate_hz)
 
     def score(
@@ -271,7 +285,7 @@ class FLAM:
             raise InputError(f"method must be 'unbiased' or 'approximate', got {method!r}")
         text = self._texts(texts)
         wave, source = read_audio(audio, sample_rate)
-        hop = win.hop_samples(hop_s, self.num_frames)
+        hop = timeline.hop_samples(hop_s, self.num_frames)
 
         def score_windows(windows):
             out = []
@@ -282,7 +296,7 @@ class FLAM:
                 )
             return np.concatenate(out)
 
-        scores = win.score_timeline(wave, score_windows, hop)
+        scores = timeline.score_timeline(wave, score_windows, hop)
         return Timeline(source, wave.shape[0] / SAMPLE_RATE, text.texts, scores, self.frame_rate_hz)
 
     def detect(

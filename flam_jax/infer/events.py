@@ -1,4 +1,4 @@
-"""Timeline frame scores → events with a peak score (median filter and threshold of evals.postprocess)."""
+"""Timeline frame scores → events with a peak score (``timeline.activity``: median filter, threshold)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flam_jax.evals.postprocess import activity, round_time, runs
+from flam_jax.timeline import activity, round_time, runs
 
 
 @dataclasses.dataclass(frozen=True)

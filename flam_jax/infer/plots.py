@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
-SAMPLE_RATE = 48000
+from flam_jax import paths
+from flam_jax.timeline import SAMPLE_RATE
+
 MAX_COLUMNS = 2000  # spectrogram columns drawn, whatever the length of the recording
 
 
 def log_spectrogram(wave: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[np.ndarray, float]:
     """(dB power [freq, time] up to 16 kHz, seconds per column); the hop grows with the length."""
-    from scipy import signal
+    from scipy import signal  # lazy, like matplotlib: only a --plot needs them
 
     hop = max(480, int(np.ceil(len(wave) / MAX_COLUMNS)))
     nperseg = 1024
@@ -23,7 +27,7 @@ def log_spectrogram(wave: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[np.ndarr
 
 def plot_detection(wave: np.ndarray, detection, out_path: str, threshold: float | None = None) -> str:
     """Write a PNG: spectrogram on top, then one row per query (scores, threshold, events)."""
-    import matplotlib
+    import matplotlib  # lazy: a plot is optional, and matplotlib takes a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,11 +80,7 @@ def plot_detection(wave: np.ndarray, detection, out_path: str, threshold: float 
 
 def save_figure(fig, out_path: str, dpi: int) -> None:
     """Save a matplotlib figure as PNG to a local or remote path, and close it."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from flam_jax import paths
+    import matplotlib.pyplot as plt  # lazy, as in plot_detection
 
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=dpi, format="png")

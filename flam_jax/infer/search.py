@@ -1,7 +1,4 @@
-"""``flam-search``: index a folder of recordings, then find files (and moments) by text.
-
-    flam-search index AUDIO_DIR --model EXPORT_DIR --out INDEX [--hop 10] [--batch-size 8]
-    flam-search query INDEX "text" [--top 10] [--threshold 0.5]
+"""A search index of a folder of recordings, and finding files (and moments) by text (flam-search).
 
 INDEX/ holds ``index.json`` (model, audio folder, hop), ``manifest.jsonl`` (one line per
 file as it is done: its item or its error; the last line of a path wins),
@@ -14,24 +11,30 @@ audio extension; unreadable ones are skipped and listed at the end (exit 1).
 A query ranks files by the cosine of the text and global embeddings and gives each
 hit's best span: the run of median-filtered frame scores above the threshold around the
 peak frame (the peak frame alone if nothing is above).
+
+``index.json`` carries the format version (``VERSION``, now 2: global embeddings by the
+timeline's global rule, the one evaluation uses). Resuming into an index of another
+version is refused with one line; build a new one with another ``--out``.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from flam_jax import paths
-from flam_jax.cli import report_errors
 from flam_jax.errors import DataError, FlamError, InputError
+from flam_jax.infer.api import FLAM, WindowEmbedding
+from flam_jax.jsonfile import read_json
+from flam_jax.timeline import median_filter
 
 FORMAT = "flam_jax.search"
-VERSION = 1
+VERSION = 2  # 2: global embeddings by the timeline's global rule (1: zero-padded windows)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
 
 
@@ -72,6 +75,11 @@ def _open_index(index_dir: str, model_dir: str, audio_dir: str, hop_s: float) ->
     path = paths.join(index_dir, "index.json")
     if paths.exists(path):
         old = read_index_meta(index_dir)
+        if old.get("version") != VERSION:
+            raise InputError(
+                f"{index_dir} is a version {old.get('version')} index (this is version {VERSION}: "
+                "global embeddings by the timeline's rule); use another --out"
+            )
         if (old["model"], old["audio_dir"], old["hop_s"]) != (meta["model"], meta["audio_dir"], hop_s):
             raise InputError(
                 f"{index_dir} was built from {old['audio_dir']} with model {old['model']} at hop "
@@ -84,12 +92,9 @@ def _open_index(index_dir: str, model_dir: str, audio_dir: str, hop_s: float) ->
 
 def read_index_meta(index_dir: str) -> dict:
     path = paths.join(index_dir, "index.json")
-    try:
-        meta = json.loads(paths.read_text(path))
-    except FileNotFoundError as err:
-        raise InputError(f"{index_dir} is not a flam-search index (no index.json)") from err
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
+    if not paths.exists(path):
+        raise InputError(f"{index_dir} is not a flam-search index (no index.json)")
+    meta = read_json(path, DataError, f"{path} disappeared while reading it")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{path} is not a flam-search index")
     return meta
@@ -109,10 +114,6 @@ def build_index(
 
     ``model``: an already loaded ``FLAM`` of ``model_dir`` (reuses its compiled functions).
     """
-    from tqdm import tqdm
-
-    from flam_jax.infer.api import FLAM
-
     files = find_audio(audio_dir)
     model = model or FLAM.load(model_dir, max_batch=batch_size)
     _open_index(index_dir, model_dir, audio_dir, hop_s)
@@ -174,8 +175,6 @@ def _write_globals(index_dir: str) -> None:
 
 def best_span(scores: np.ndarray, frame_hop_s: float, duration_s: float, threshold: float = 0.5):
     """(onset, offset, peak) of the best-matching stretch of one query's timeline scores."""
-    from flam_jax.evals.postprocess import median_filter
-
     smooth = median_filter(np.asarray(scores, np.float64), 3)
     peak = int(np.argmax(smooth))
     lo = hi = peak
@@ -191,8 +190,6 @@ def query_index(
     index_dir: str, text: str, *, top: int = 10, threshold: float = 0.5, model=None
 ) -> list[dict]:
     """Top files for ``text``: [{path, score, onset, offset, peak}], best first."""
-    from flam_jax.infer.api import FLAM, WindowEmbedding
-
     if not text.strip():
         raise InputError("the query is empty")
     if top < 1:
@@ -235,62 +232,3 @@ def query_index(
             }
         )
     return hits
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser(prog="flam-search", description="Index recordings and search them by text.")
-    sub = p.add_subparsers(dest="command", required=True)
-    ix = sub.add_parser("index", help="embed every audio file under a folder")
-    ix.add_argument("audio_dir")
-    ix.add_argument("--model", required=True, help="export directory")
-    ix.add_argument("--out", required=True, help="index directory (resumed if it exists)")
-    ix.add_argument("--hop", type=float, default=10.0, help="hop between 10 s windows, seconds")
-    ix.add_argument("--batch-size", type=int, default=8, help="largest window batch (a power of two)")
-    ix.add_argument("--no-progress", action="store_true")
-    q = sub.add_parser("query", help="rank indexed files by a text")
-    q.add_argument("index")
-    q.add_argument("text")
-    q.add_argument("--top", type=int, default=10)
-    q.add_argument("--threshold", type=float, default=0.5, help="frame score bounding the best span")
-    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return p.parse_args(argv)
-
-
-@report_errors
-def main(argv=None) -> int:
-    args = _parse(argv)
-    if args.command == "index":
-        new, skipped, failures = build_index(
-            args.audio_dir,
-            args.model,
-            args.out,
-            hop_s=args.hop,
-            progress=not args.no_progress,
-            batch_size=args.batch_size,
-        )
-        print(f"indexed {new} files ({skipped} already done) into {args.out}")
-        if failures:
-            print(f"{len(failures)} files could not be read:", file=sys.stderr)
-            for path, message in failures:
-                print(f"  {path}: {message}", file=sys.stderr)
-            return 1
-        return 0
-    hits = query_index(args.index, args.text, top=args.top, threshold=args.threshold)
-    if args.json:
-        print(json.dumps(hits, indent=1))
-        return 0
-    print(f"{'rank':>4}  {'score':>7}  {'span (s)':>17}  {'peak':>5}  file")
-    for rank, h in enumerate(hits, 1):
-        span = f"{h['onset']:.2f}-{h['offset']:.2f}"
-        print(f"{rank:>4}  {h['score']:7.4f}  {span:>17}  {h['peak']:5.3f}  {h['path']}")
-    if not hits:
-        print("(the index is empty)")
-    return 0
-
-
-def run() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

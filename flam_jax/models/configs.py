@@ -10,13 +10,24 @@ import dataclasses
 
 import jax
 
+from flam_jax.errors import ConfigError
+
 # Activation checkpointing per block (Swin block / text layer), shared by both towers: what
-# a block's backward pass may keep instead of recomputing. config.REMAT_NAMES lists the keys.
+# a block's backward pass may keep instead of recomputing. none; block = recompute each
+# block in the backward pass; block_save_dots = recompute it but keep its matmul outputs.
 REMAT_POLICIES = {
     "none": None,
     "block": jax.checkpoint_policies.nothing_saveable,
     "block_save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+def remat_policy(name: str):
+    """The policy of ``model.remat`` (None for "none"); the one place the name is checked."""
+    if name not in REMAT_POLICIES:
+        raise ConfigError(f"model.remat must be one of {', '.join(REMAT_POLICIES)}, got {name!r}")
+    return REMAT_POLICIES[name]
+
 
 # --------------------------------------------------------------------------------------
 # HTS-AT (audio tower). Owner: audio.
@@ -40,12 +51,12 @@ class HTSATConfig:
 
     def __post_init__(self):
         if len(self.depths) != len(self.num_heads):
-            raise ValueError("HTSATConfig: depths and num_heads must have the same length")
+            raise ConfigError("HTSATConfig: depths and num_heads must have the same length")
         for stage, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**stage) % heads:
-                raise ValueError(f"HTSATConfig: stage {stage} width not divisible by {heads} heads")
+                raise ConfigError(f"HTSATConfig: stage {stage} width not divisible by {heads} heads")
         if self.final_grid % self.time_chunks or self.spec_size % self.patch_size:
-            raise ValueError("HTSATConfig: the final grid must split evenly into time chunks")
+            raise ConfigError("HTSATConfig: the final grid must split evenly into time chunks")
 
     @property
     def num_stages(self) -> int:
@@ -114,13 +125,13 @@ class TextConfig:
 
     def __post_init__(self):
         if self.style not in ("roberta", "bert"):
-            raise ValueError(f"TextConfig: style must be 'roberta' or 'bert', got {self.style!r}")
+            raise ConfigError(f"TextConfig: style must be 'roberta' or 'bert', got {self.style!r}")
         if self.hidden % self.heads:
-            raise ValueError(f"TextConfig: hidden {self.hidden} not divisible by {self.heads} heads")
+            raise ConfigError(f"TextConfig: hidden {self.hidden} not divisible by {self.heads} heads")
         # RoBERTa positions run up to pad_id + context_length.
         needed = self.context_length + (self.pad_id + 1 if self.style == "roberta" else 0)
         if needed > self.max_positions:
-            raise ValueError(f"TextConfig: context {self.context_length} needs {needed} positions")
+            raise ConfigError(f"TextConfig: context {self.context_length} needs {needed} positions")
 
     @property
     def head_dim(self) -> int:

@@ -5,6 +5,16 @@ F = cfg.num_frames (32 per 10 s except base-12hz). Architecture per FLAM_SPEC §
 patch embed -> Swin stages (windowed attention with relative position bias, shifted
 windows masked with -100, PatchMerging) -> LayerNorm -> chunk-major regroup averaged
 over frequency. Parameters are float32; activations use ``compute_dtype``.
+
+State paths (training spelling, ``models.names``): ``frontend/bn0/{scale,bias}`` (Param)
+and ``frontend/bn0/{mean,var}`` (BatchStat); ``patch_embed/proj/{kernel (p,p,1,C0), bias}``,
+``patch_embed/norm``; per block ``layers/{s}/blocks/{b}/{norm1,norm2}``,
+``…/attn/qkv/{kernel (C,3,H,d), bias (3,H,d)}``, ``…/attn/proj/{kernel (H,d,C), bias}``,
+``…/attn/relative_position_bias_table (225,H)``, ``…/mlp/{fc1,fc2}``; per stage but the
+last ``layers/{s}/downsample/norm`` and ``layers/{s}/downsample/reduction/kernel (4C,2C)``;
+the final ``norm``. RNG state (SpecAugment, drop path) sits under ``frontend/rngs`` and
+``…/drop_path/rngs``. The relative position index and the shift masks are recomputed
+constants, not state.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from flam_jax.audio.frontend import LogMelFrontend
-from flam_jax.models.configs import REMAT_POLICIES, HTSATConfig
+from flam_jax.models.configs import HTSATConfig, remat_policy
 
 LN_EPS = 1e-5
 MASK_VALUE = -100.0  # the reference's shifted-window mask value (not -inf)
@@ -177,7 +187,7 @@ class SwinStage(nnx.Module):
     def __init__(self, cfg: HTSATConfig, stage: int, drop_paths: list[float], *, dtype, remat, rngs):
         dim = cfg.embed_dim * 2**stage
         self.grid = cfg.patch_grid // 2**stage
-        self.remat_policy = REMAT_POLICIES[remat]
+        self.remat_policy = remat_policy(remat)
         self.use_remat = remat != "none"
         self.blocks = nnx.List(
             [
@@ -226,8 +236,7 @@ class HTSAT(nnx.Module):
     """
 
     def __init__(self, cfg: HTSATConfig, *, rngs: nnx.Rngs, compute_dtype="float32", remat: str = "none"):
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        remat_policy(remat)  # a bad name fails here, before any stage is built
         self.cfg = cfg
         dtype = jnp.dtype(compute_dtype)
         self.compute_dtype = dtype

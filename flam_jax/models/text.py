@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flam_jax.models.configs import REMAT_POLICIES, TextConfig
+from flam_jax.models.configs import TextConfig, remat_policy
 
 # Hugging Face BERT/RoBERTa initialisation, used when a tower is trained from scratch.
 _normal = nnx.initializers.normal(0.02)
@@ -81,8 +81,7 @@ class TextEncoder(nnx.Module):
     """
 
     def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, compute_dtype="float32", remat: str = "none"):
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"TextEncoder: remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+        self.remat_policy = remat_policy(remat)
         self.cfg = cfg
         self.remat = remat
         dtype = jnp.dtype(compute_dtype)
@@ -126,7 +125,7 @@ class TextEncoder(nnx.Module):
             return layer(x, bias, train=train)
 
         if self.remat != "none":
-            run_layer = nnx.remat(run_layer, policy=REMAT_POLICIES[self.remat])
+            run_layer = nnx.remat(run_layer, policy=self.remat_policy)
         for layer in self.layers:
             x = run_layer(layer, x, attention_bias)
         pooled = jnp.tanh(self.pooler(x[:, 0]))

@@ -20,8 +20,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from flam_jax import paths
-from flam_jax.errors import FlamError
+import jax
+
+from flam_jax import paths, timeline
+from flam_jax.data import batches
+from flam_jax.errors import CompileOnlyError, DoesNotFitError
+from flam_jax.train.data import uses_global, uses_sed
+from flam_jax.train.sharding import batch_sharding, sed_groups
+from flam_jax.train.trainer import Trainer
 
 GIB = 2**30
 
@@ -43,14 +49,6 @@ _LIBTPU_NOISE = re.compile(
     r"TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|host bounds|Logging before InitGoogle|"
     r"Source Location Trace|libtpu_init_utils|^\s*$"
 )
-
-
-class CompileOnlyError(FlamError):
-    """Compile-only could not run (no libtpu, unknown topology, failed compilation)."""
-
-
-class DoesNotFitError(FlamError):
-    """The compiled step needs more memory per chip than the chip has."""
 
 
 @contextmanager
@@ -114,48 +112,25 @@ def chip_spec(device_kind: str) -> tuple[str, int | None, float | None]:
 
 
 def abstract_batch(config, mesh, *, samples: int | None = None, frames: int | None = None) -> dict:
-    """Both batches as sharded ShapeDtypeStructs, in the pipeline's layout (data/batches).
+    """The batches the objective reads as sharded ShapeDtypeStructs, in the pipeline's
+    layout (``data.batches.train_fields``).
 
     ``samples``/``frames`` default to the real model's (10 s at 48 kHz, 32 label frames).
     """
-    import jax
-    import numpy as np
-
-    from flam_jax.data.batches import SedBatchSpec
-    from flam_jax.train.data import uses_global, uses_sed
-    from flam_jax.train.objective import sed_groups
-    from flam_jax.train.sharding import batch_sharding
-
-    def arr(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=batch_sharding(mesh, len(shape)))
-
-    spec = SedBatchSpec(groups=1, clips_per_group=1)
-    samples, frames = samples or spec.num_samples, frames or spec.frames
-    length = config.model.context_length
-    batch = {}
-    if uses_sed(config):
-        na = config.data.sed_clips
-        groups = sed_groups(config, mesh)
-        nt_g = config.data.texts_per_clip * na // groups
-        nt = nt_g * groups
-        batch["sed"] = {
-            "audio": arr((na, samples), np.float32),
-            "audio_mask": arr((na,), bool),
-            "text_tokens": arr((nt, length), np.int32),
-            "text_attention": arr((nt, length), np.int32),
-            "text_mask": arr((nt,), bool),
-            "caption_ids": arr((nt,), np.int32),
-            "labels": arr((na, nt_g, frames), np.uint8),
+    fields = batches.train_fields(
+        config,
+        sed_groups=sed_groups(config, mesh) if uses_sed(config) else None,
+        with_global=uses_global(config),
+        num_samples=samples or timeline.WINDOW_SAMPLES,
+        frames=frames or timeline.NUM_FRAMES,
+    )
+    return {
+        part: {
+            name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
+            for name, (shape, dtype) in arrays.items()
         }
-    if uses_global(config):
-        b = config.data.global_batch
-        batch["global"] = {
-            "audio": arr((b, samples), np.float32),
-            "text_tokens": arr((b, length), np.int32),
-            "text_attention": arr((b, length), np.int32),
-            "caption_ids": arr((b,), np.int32),
-        }
-    return batch
+        for part, arrays in fields.items()
+    }
 
 
 @dataclasses.dataclass
@@ -265,11 +240,6 @@ def compile_train_step(config, topology: str, *, model_factory=None, batch_fn=No
     ``model_factory`` / ``batch_fn(config, mesh)`` swap in small stand-ins (tests).
     """
     devices = topology_devices(topology)
-    import jax
-
-    from flam_jax.train.data import uses_global, uses_sed
-    from flam_jax.train.trainer import Trainer
-
     trainer = Trainer(
         config, "", model_factory=model_factory, data_factory=lambda c, m: None, devices=devices
     )

@@ -11,6 +11,10 @@ the previous step stays the latest.
 Restoring onto another number of processes: the train state goes onto the new mesh as
 always; the data iterators, whose files are per process, are placed from the step and the
 old processes' states (``restore_at_step``) instead of being read back one to one.
+
+Retention: the ``train.ckpt_keep`` newest steps plus every ``train.ckpt_keep_every``-th
+(Orbax ``max_to_keep`` / ``keep_period``); the trainer always saves the final step and a
+preemption step.
 """
 
 from typing import Any

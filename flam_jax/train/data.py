@@ -9,7 +9,10 @@ import json
 
 import jax
 
+from flam_jax.data import pipeline
+from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, ConfigError
+from flam_jax.train.sharding import sed_groups
 
 
 class TrainBatches:
@@ -90,10 +93,6 @@ def tokenizer_path(config) -> str:
 
 def pipeline_batches(config, mesh) -> TrainBatches:
     """The real pipelines for ``config.data`` (each host reads its own shard)."""
-    from flam_jax.data import pipeline
-    from flam_jax.data.tokenizers import load_tokenizer
-    from flam_jax.train.objective import sed_groups
-
     tokenizer = load_tokenizer(tokenizer_path(config), config.model.context_length)
     sed = glob = None
     if uses_sed(config):

@@ -1,7 +1,7 @@
 """Multi-host start-up: ``jax.distributed.initialize()`` when the launcher asks for it.
 
 Three launchers are recognised, checked in this order:
-- explicit flags (``--coordinator``, ``--num_processes``, ``--process_id``) or the
+- explicit flags (``--coordinator``, ``--num-processes``, ``--process-id``) or the
   equivalent ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``;
 - a multi-task SLURM job (``SLURM_NTASKS`` > 1);
 - a multi-host Cloud TPU slice (``TPU_WORKER_HOSTNAMES`` lists more than one host, or

@@ -15,11 +15,12 @@ from flax import nnx
 
 from flam_jax import paths
 from flam_jax.errors import CheckpointError
+from flam_jax.export.export_dir import PARAMS_FILE, read_params
+from flam_jax.export.from_hf import load_text_weights
+from flam_jax.models.names import param_name, train_name
 
 
 def _text_tower_weights(model_config, abstract_model) -> dict[str, np.ndarray]:
-    from flam_jax.export.from_hf import load_text_weights
-
     text = abstract_model.text
     load_text_weights(text, model_config.text_weights)
     flat = {}
@@ -27,19 +28,16 @@ def _text_tower_weights(model_config, abstract_model) -> dict[str, np.ndarray]:
         value = var.get_value()
         if not hasattr(value, "__array__"):
             raise CheckpointError(f"{model_config.text_weights} left text/{path} unset")
-        flat["/".join(("text", *map(str, path)))] = np.asarray(value)
+        flat[param_name(("text", *path))] = np.asarray(value)
     return flat
 
 
 def _export_weights(export_dir: str) -> dict[str, np.ndarray]:
-    from flam_jax.export.export_dir import PARAMS_FILE, read_params
-
     path = paths.join(export_dir, PARAMS_FILE)
     if not paths.isfile(path):
         raise CheckpointError(f"train.init_from: {export_dir} has no {PARAMS_FILE}")
     weights = read_params(path, CheckpointError)
-    # Export names are the same module paths, dotted.
-    return {name.replace(".", "/"): value for name, value in weights.items()}
+    return {train_name(name): value for name, value in weights.items()}
 
 
 def initial_weights(config, abstract_model: nnx.Module) -> dict[str, np.ndarray]:

@@ -1,75 +1,67 @@
 """Metric sinks: JSONL, TensorBoard event files and the progress line (process 0 only).
 
-TensorBoard's event format is a TFRecord file of ``Event`` protocol buffers. Scalars
-need only three tiny messages, so they are encoded here by hand (about 40 lines)
-instead of pulling in TensorFlow, tensorboard or tensorboardX and their protobuf
-pins for a write-only feature.
+TensorBoard event files are written with tensorboardX (no TensorFlow): its ``Event`` and
+``Summary`` protocol buffers and its ``RecordWriter`` (TFRecord framing, CRC-32C). Every
+file goes through ``flam_jax.paths``: a remote workdir's event file is a
+``paths.AppendLog``, handed to ``RecordWriter`` through tensorboardX's writer-factory hook
+for the URL scheme, which replaces its own ``gs://`` and ``s3://`` writers (those open
+google-cloud-storage and boto3 clients of their own, past the path layer).
 """
 
 import json
 import os
 import socket
-import struct
 import time
 
 import jax
 
 from flam_jax import paths
 
-# --- CRC-32C (Castagnoli), as TFRecord frames each length and payload with it.
-_CRC_TABLE = []
-for _byte in range(256):
-    _crc = _byte
-    for _ in range(8):
-        _crc = (_crc >> 1) ^ 0x82F63B78 if _crc & 1 else _crc >> 1
-    _CRC_TABLE.append(_crc)
+
+class _PathLayerFiles:
+    """tensorboardX's writer factory for one URL scheme: files open as ``paths.AppendLog``
+    (uploaded whole on each flush)."""
+
+    def open(self, url: str) -> paths.AppendLog:
+        return paths.AppendLog(url, binary=True)
+
+    def directory_check(self, url: str) -> None:
+        paths.makedirs(url)
 
 
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+class _EventFile:
+    """A new event file in ``folder``; its first record is the file-version event.
 
+    Its name holds the time, host and process id; a name already taken (a second writer
+    in the same process and second) gets a counter, as ``RecordWriter`` truncates locally.
+    tensorboardX is imported here, by process 0 only.
+    """
 
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    def __init__(self, folder: str, now: float):
+        from tensorboardX import record_writer
+        from tensorboardX.proto import event_pb2, summary_pb2
 
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        if paths.is_remote(folder):
+            record_writer.register_writer_factory(folder.split("://", 1)[0], _PathLayerFiles())
+        stem = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}"
+        name, taken = stem, 0
+        while paths.exists(paths.join(folder, name)):
+            taken += 1
+            name = f"{stem}.{taken}"
+        self.path = paths.join(folder, name)
+        self._records = record_writer.RecordWriter(self.path)
+        self._records.write(self._event(wall_time=now, file_version="brain.Event:2").SerializeToString())
 
-def tfrecord(payload: bytes) -> bytes:
-    length = struct.pack("<Q", len(payload))
-    return length + struct.pack("<I", _masked_crc(length)) + payload + struct.pack("<I", _masked_crc(payload))
+    def scalar(self, wall_time: float, step: int, tag: str, value: float) -> None:
+        summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=value)])
+        self._records.write(self._event(wall_time=wall_time, step=step, summary=summary).SerializeToString())
 
+    def flush(self) -> None:
+        self._records.flush()
 
-# --- Protocol-buffer wire format for tensorboard's Event / Summary / Summary.Value.
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def scalar_event(wall_time: float, step: int, tag: str, value: float) -> bytes:
-    """Event{wall_time=1, step=2, summary=5{value=1{tag=1, simple_value=2}}}."""
-    summary_value = _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value)
-    summary = _field_bytes(1, summary_value)
-    return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + _field_bytes(5, summary)
-
-
-def version_event(wall_time: float) -> bytes:
-    """The first record of every event file: Event{wall_time, file_version=3}."""
-    return b"\x09" + struct.pack("<d", wall_time) + _field_bytes(3, b"brain.Event:2")
+    def close(self) -> None:
+        self._records.close()
 
 
 class MetricWriter:
@@ -85,12 +77,10 @@ class MetricWriter:
         self._jsonl = self._events = None
         if not self.enabled:
             return
-        paths.makedirs(paths.join(workdir, "tensorboard"))
+        folder = paths.join(workdir, "tensorboard")
+        paths.makedirs(folder)
         self._jsonl = paths.AppendLog(paths.join(workdir, "metrics.jsonl"))
-        now = time.time()
-        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}"
-        self._events = paths.AppendLog(paths.join(workdir, "tensorboard", name), binary=True)
-        self._events.write(tfrecord(version_event(now)))
+        self._events = _EventFile(folder, time.time())
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -99,7 +89,7 @@ class MetricWriter:
         clean = {k: float(v) for k, v in scalars.items()}
         self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
         for tag, value in clean.items():
-            self._events.write(tfrecord(scalar_event(now, int(step), tag, value)))
+            self._events.scalar(now, int(step), tag, value)
         self.flush()
 
     def flush(self) -> None:

@@ -20,18 +20,7 @@ from flam_jax.losses.contrastive import clip_loss, temperature
 from flam_jax.losses.framewise import SedBatch
 from flam_jax.losses.total import LossSettings, flam_loss
 from flam_jax.train.data import uses_global, uses_sed
-from flam_jax.train.sharding import BATCH_AXES, batch_shards
-
-
-def sed_groups(config, mesh: Mesh) -> int:
-    """G: ``data.sed_groups``, or one block per device when it is 0."""
-    shards = batch_shards(mesh)
-    groups = int(config.data.sed_groups) or shards
-    if groups % shards:
-        raise ConfigError(f"data.sed_groups={groups} must be a multiple of the {shards} devices")
-    if config.data.sed_clips % groups:
-        raise ConfigError(f"data.sed_clips={config.data.sed_clips} must split into {groups} SED groups")
-    return groups
+from flam_jax.train.sharding import BATCH_AXES, batch_shards, sed_groups
 
 
 def make_objective(config, mesh: Mesh):

@@ -4,6 +4,18 @@ The mesh has two axes, ('data', 'fsdp'). Batches are split over both (every devi
 holds its own slice of examples); fp32 master parameters and optimiser state are split
 over 'fsdp' only. The train step gathers whole weights for the forward and backward
 passes and reduce-scatters the gradients back onto the shards (trainer.Trainer).
+
+Why whole weights: ``loss_fn`` constrains the parameters to replicated, so each device
+forms its own partial weight gradients. Left free, XLA's propagation formed the
+FSDP-sharded weight gradients by gathering activations of the global batch instead: on
+v5e:16x16 it did so for RoBERTa's feed-forward activations of all 2,560 SED texts, 4.1×
+the FLOPs per example and 17.1 GiB per chip (benchmarks/README.md, "tpu_compile").
+``tests/test_train_step.py`` (data 2 × fsdp 4) fails without the constraint. The cost is
+whole fp32 weights and gradients on every device, ≈ 1.5 GiB for flam_paper's 195 M
+parameters; a much larger model would want per-layer gathers instead.
+
+``sed_groups`` (the number of self-contained SED blocks, ``data.sed_groups``) lives here:
+the objective, the trainer's data iterators (``train.data``) and ``train.aot`` all need it.
 """
 
 import math
@@ -16,6 +28,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flam_jax.errors import ConfigError, DataError
+from flam_jax.models.names import param_name
 
 MESH_AXES = ("data", "fsdp")
 # Examples are spread over every device: a leading batch dimension uses both axes.
@@ -123,7 +136,7 @@ def path_name(path) -> str:
                 break
         else:
             parts.append(str(key))
-    return "/".join(parts)
+    return param_name(parts)
 
 
 def tree_shardings(tree, mesh: Mesh, mesh_config):
@@ -169,3 +182,15 @@ def global_batch(host_batch, mesh: Mesh):
         return jax.make_array_from_process_local_data(sharding, local, (rows, *local.shape[1:]))
 
     return jax.tree_util.tree_map_with_path(one, host_batch)
+
+
+def sed_groups(config, mesh: Mesh) -> int:
+    """G, the SED batch's self-contained device blocks: ``data.sed_groups``, or one block per
+    device when it is 0."""
+    shards = batch_shards(mesh)
+    groups = int(config.data.sed_groups) or shards
+    if groups % shards:
+        raise ConfigError(f"data.sed_groups={groups} must be a multiple of the {shards} devices")
+    if config.data.sed_clips % groups:
+        raise ConfigError(f"data.sed_clips={config.data.sed_clips} must split into {groups} SED groups")
+    return groups

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flam_jax.models.names import param_name
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -22,10 +24,6 @@ class TrainState:
     params: dict[str, jax.Array]  # trained variables (nnx.Param), float32 master copy
     extra: dict[str, jax.Array]  # other variables, e.g. BatchNorm running statistics
     opt_state: Any
-
-
-def _name(path) -> str:
-    return "/".join(str(part) for part in path)
 
 
 class ModelDef:
@@ -43,12 +41,12 @@ class ModelDef:
 
     @staticmethod
     def flatten(state: nnx.State) -> dict[str, Any]:
-        return {_name(path): var.get_value() for path, var in state.flat_state()}
+        return {param_name(path): var.get_value() for path, var in state.flat_state()}
 
     @staticmethod
     def _unflatten(template: nnx.State, flat: dict[str, Any]) -> nnx.State:
         return nnx.from_flat_state(
-            [(path, var.replace(flat[_name(path)])) for path, var in template.flat_state()]
+            [(path, var.replace(flat[param_name(path)])) for path, var in template.flat_state()]
         )
 
     def abstract_params(self) -> dict[str, jax.ShapeDtypeStruct]:

@@ -6,6 +6,12 @@ checkpoint, logs a progress line and metrics, checkpoints every ``train.ckpt_eve
 steps, saves and returns on SIGTERM, and stops with a clear error on a non-finite loss
 (only finite states are ever checkpointed).
 
+Logged every ``train.log_every`` steps (means over the window) to ``metrics.jsonl`` and
+TensorBoard: the objective's metrics, ``grad_norm``, ``lr``, ``steps_per_s``,
+``examples_per_s``, ``eta_s`` and the data pipelines' ``data/*`` statistics, plus
+``eval/*`` every ``train.eval_every`` steps. A multi-process run stops at a common step
+on SIGTERM (jax's preemption sync point).
+
 The model, the data iterator and the objective come from factories so that tests and
 benchmarks can swap in small stand-ins; the defaults build the real FLAM pieces.
 """
@@ -26,12 +32,18 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from flam_jax import paths
-from flam_jax.errors import CheckpointError, FlamError
+from flam_jax.data.pipeline import open_pool, simulator_config
+from flam_jax.data.tokenizers import load_tokenizer
+from flam_jax.errors import CheckpointError, NonFiniteLossError
+from flam_jax.evals.hook import simulate_mixtures, validation_hook
+from flam_jax.models.flam import build_model
 from flam_jax.train import sharding as sharding_lib
 from flam_jax.train.checkpoint import Checkpointer
 from flam_jax.train.compile_cache import CacheEvents
-from flam_jax.train.data import uses_global, uses_sed
+from flam_jax.train.data import pipeline_batches, tokenizer_path, uses_global, uses_sed
+from flam_jax.train.init import initial_weights
 from flam_jax.train.metrics import MetricWriter, Progress
+from flam_jax.train.objective import make_objective
 from flam_jax.train.optim import make_optimizer
 from flam_jax.train.state import ModelDef, TrainState
 
@@ -41,35 +53,20 @@ ObjectiveFactory = Callable[..., Callable]  # (config, mesh) -> objective(model,
 EvalFn = Callable[..., dict]  # (model, step) -> {name: float}
 
 
-class NonFiniteLossError(FlamError):
-    """The loss became NaN or infinite; the last checkpoint (if any) is still good."""
-
-
 def default_model_factory(config, rngs: nnx.Rngs) -> nnx.Module:
-    from flam_jax.models.flam import build_model
-
     return build_model(config.model, rngs=rngs)
 
 
 def default_objective_factory(config, mesh):
-    from flam_jax.train.objective import make_objective
-
     return make_objective(config, mesh)
 
 
 def default_data_factory(config, mesh):
-    from flam_jax.train.data import pipeline_batches
-
     return pipeline_batches(config, mesh)
 
 
 def default_eval_fn(config) -> EvalFn:
     """Frame AUROC on ``train.eval_mixtures`` fixed mixtures from ``train.eval_split``."""
-    from flam_jax.data.pipeline import open_pool, simulator_config
-    from flam_jax.data.tokenizers import load_tokenizer
-    from flam_jax.evals.hook import simulate_mixtures, validation_hook
-    from flam_jax.train.data import tokenizer_path
-
     pool = open_pool(config, config.data.sed_dataset, config.train.eval_split)
     mixtures = simulate_mixtures(
         pool, config.train.eval_mixtures, seed=config.seed + 1, cfg=simulator_config(config)
@@ -175,8 +172,6 @@ class Trainer:
         return state.replace(params=params, extra=extra)
 
     def _initial_weights(self) -> dict:
-        from flam_jax.train.init import initial_weights
-
         return initial_weights(self.config, nnx.eval_shape(self._build))
 
     def sharded_abstract_state(self):

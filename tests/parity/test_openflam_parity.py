@@ -21,8 +21,8 @@ from openflam_oracle import (
 )
 from safetensors.numpy import load_file, save_file
 
+from flam_jax.cli.convert_openflam import main as convert_main
 from flam_jax.errors import CheckpointError, InputError, ModelLoadError
-from flam_jax.export.from_openflam import main as convert_main
 from flam_jax.infer.api import FLAM
 
 EMB_TOL = 1e-4

@@ -6,10 +6,9 @@ A thin command over ``builders.write_index`` (``data/index.py`` says what an ind
 and how an interrupted run resumes).
 """
 
-import argparse
 import sys
 
-from flam_jax.cli import report_errors
+from flam_jax.cli import ArgumentParser, report_errors
 from flam_jax.data import builders
 from flam_jax.data.index import CHUNK
 from flam_jax.errors import DataError
@@ -17,7 +16,7 @@ from flam_jax.errors import DataError
 
 @report_errors
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="flam-index",
         description="Write (or finish) the metadata index of a built dataset's splits.",
     )

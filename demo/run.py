@@ -1,6 +1,9 @@
 """``make demo``: build the demo corpus, train FLAM and its ablation, evaluate, export, detect.
 
-    python -m flam_jax.demo [--workdir runs/demo] [--cache-dir ~/.cache/flam_jax] [--scale full|tiny]
+    python -m demo [--workdir runs/demo] [--cache-dir ~/.cache/flam_jax] [--scale full|tiny]
+
+An application of the repository (it runs ``data/demo_corpus.py`` and trains
+``experiments/cpu_demo.py``), so it lives beside them rather than in the package.
 
 Every stage reuses what an earlier run finished: the corpus (its built TFDS dataset), each
 training run (its final checkpoint; an interrupted run resumes) and each export. The
@@ -14,7 +17,6 @@ Held-out sets, both simulated with the training recipe from recordings never tra
 Backgrounds of the validation split serve both sets (background captions are not queried).
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -22,10 +24,22 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+import soundfile
 
-from flam_jax.cli import report_errors
+from flam_jax import timeline
+from flam_jax.cli import ArgumentParser, detect, report_errors
+from flam_jax.config import load_experiment
+from flam_jax.data import builders
+from flam_jax.data.batches import normalise_caption
+from flam_jax.data.index import record_captions, record_tags
+from flam_jax.data.pools import RecordPool, is_background
 from flam_jax.errors import DataError, InputError
+from flam_jax.evals.benchmarks import get_benchmark
+from flam_jax.evals.hook import simulate_mixtures
+from flam_jax.evals.report import write_report
+from flam_jax.evals.runner import run_simulated
+from flam_jax.export.params import checkpoint_steps, export_workdir
+from flam_jax.infer.api import FLAM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = {
@@ -46,8 +60,6 @@ def say(message: str) -> None:
 
 def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
     """The demo corpus's summary; builds corpus + TFDS dataset unless both already exist."""
-    from flam_jax.data import builders
-
     summary_path = os.path.join(cache_dir, "demo_corpus", "summary.json")
     data_dir = os.path.join(cache_dir, "tfds")
     if os.path.exists(summary_path):
@@ -80,8 +92,6 @@ def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
 
 def _ensure_indexes(data_dir: str) -> None:
     """A corpus built before builders wrote metadata indexes gets them now (seconds here)."""
-    from flam_jax.data import builders
-
     for split in builders.split_names("clips", data_dir):
         try:
             builders.open_index("clips", data_dir, split)
@@ -100,9 +110,6 @@ def experiment_spec(variant: str, ablation: bool) -> str:
 
 def train(spec: str, workdir: str, data_dir: str) -> int:
     """Train (or resume) ``spec`` in ``workdir``; returns the final step. A finished run is reused."""
-    from flam_jax.config import load_experiment
-    from flam_jax.export.params import checkpoint_steps
-
     steps = load_experiment(spec).train.steps
     done = checkpoint_steps(workdir) if os.path.isdir(workdir) else []
     if done and done[-1] >= steps:
@@ -113,7 +120,7 @@ def train(spec: str, workdir: str, data_dir: str) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "flam_jax.train.main",
+        "flam_jax.cli.train",
         f"--config={spec}",
         f"--workdir={workdir}",
         f"--config.data.dir={data_dir}",
@@ -126,8 +133,6 @@ def train(spec: str, workdir: str, data_dir: str) -> int:
 
 
 def export(workdir: str, out_dir: str, step: int) -> str:
-    from flam_jax.export.params import export_workdir
-
     marker = os.path.join(out_dir, "config.json")
     if os.path.exists(marker) and os.path.getmtime(marker) >= _checkpoint_mtime(workdir, step):
         say(f"export: reusing {out_dir}")
@@ -158,9 +163,6 @@ def _child_env() -> dict:
 
 
 def _is_background(record) -> bool:
-    from flam_jax.data.index import record_tags
-    from flam_jax.data.pools import is_background
-
     return is_background(record_tags(record))
 
 
@@ -180,9 +182,6 @@ class Subset:
 
 def held_out_sets(data_dir: str) -> dict[str, Subset]:
     """{"seen": ..., "novel": ...} over the corpus's validation and novel splits."""
-    from flam_jax.data import builders
-    from flam_jax.data.batches import normalise_caption
-    from flam_jax.data.index import record_captions
 
     def captions(record) -> set[str]:
         return {normalise_caption(c) for c in record_captions(record)}
@@ -226,11 +225,6 @@ class Row:
 
 
 def evaluate(export_dir: str, sets: dict[str, Subset], mixtures: int, out_dir: str, run: str, label: str):
-    from flam_jax.evals.benchmarks import get_benchmark
-    from flam_jax.evals.report import write_report
-    from flam_jax.evals.runner import run_simulated
-    from flam_jax.infer.api import FLAM
-
     model = FLAM.load(export_dir)
     bench = get_benchmark("simulated")
     rows = []
@@ -245,25 +239,19 @@ def evaluate(export_dir: str, sets: dict[str, Subset], mixtures: int, out_dir: s
 
 def detection_example(export_dir: str, source: Subset, out_dir: str, novel_query: str) -> dict:
     """Simulate one held-out mixture, run flam-detect on it and write its PNG and JSON."""
-    import soundfile
-
-    from flam_jax.data.pools import RecordPool
-    from flam_jax.evals.hook import simulate_mixtures
-    from flam_jax.infer import detect
-
     pool = RecordPool.from_records(source)
     candidates = simulate_mixtures(pool, 16, seed=7)
     # Three sounds make a readable picture (ten rows of scores do not).
     mixture = min(candidates, key=lambda m: abs(len(set(m.captions)) - 3))
     os.makedirs(out_dir, exist_ok=True)
     wav = os.path.join(out_dir, "mixture.wav")
-    soundfile.write(wav, mixture.audio, 48_000)
-    frame_s = 10.0 / mixture.labels.shape[1]
-    truth = []  # one entry per active run of frames (fragments and repeats are several)
-    for caption, row in zip(mixture.captions, mixture.labels, strict=True):
-        edges = np.flatnonzero(np.diff(np.r_[0, row.astype(np.int8), 0]))
-        for start, end in zip(edges[::2], edges[1::2], strict=True):
-            truth.append({"caption": caption, "onset_s": start * frame_s, "offset_s": end * frame_s})
+    soundfile.write(wav, mixture.audio, timeline.SAMPLE_RATE)
+    frame_s = timeline.WINDOW_S / mixture.labels.shape[1]
+    # One entry per active run of frames (fragments and repeats are several).
+    truth = [
+        {"caption": mixture.captions[row], "onset_s": onset, "offset_s": offset}
+        for row, onset, offset in timeline.run_times(mixture.labels, frame_s)
+    ]
     truth.sort(key=lambda e: e["onset_s"])
     queries = list(dict.fromkeys(mixture.captions))
     if novel_query and novel_query not in queries:
@@ -377,8 +365,6 @@ def _claim_workdir(workdir: str, corpus: str) -> None:
 
 
 def _first_caption(source: Subset) -> str:
-    from flam_jax.data.index import record_captions
-
     for i in range(len(source)):
         record = source[i]
         if not _is_background(record):
@@ -388,7 +374,7 @@ def _first_caption(source: Subset) -> str:
 
 @report_errors
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flam_jax.demo", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="runs/demo", help="where runs, exports and reports go")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/flam_jax"), help="corpus cache")
     p.add_argument("--scale", default="full", help="full (the demo) or tiny (a few steps, for CI)")

@@ -1,19 +1,26 @@
 """``flam-train``: parse absl flags and the experiment config, then train.
 
-Kept thin on purpose: everything testable lives in ``trainer.train_and_evaluate``.
+Kept thin on purpose: everything testable lives in ``train.trainer.train_and_evaluate``.
+The modules that use jax are imported at the top: importing jax does not start a backend,
+so ``train.distributed.initialize`` still runs before anything touches one.
 """
 
 import os
 import re
 import sys
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
 from flam_jax import config as config_lib
 from flam_jax import paths
-from flam_jax.cli import report_errors
+from flam_jax.cli import hyphenate, report_errors
 from flam_jax.errors import ConfigError
+from flam_jax.train import compile_cache, distributed
+from flam_jax.train.aot import run_compile_only
+from flam_jax.train.trainer import train_and_evaluate
+from flam_jax.train.workdir import check_shared
 
 _OVERRIDE = re.compile(r"^--?config\.([A-Za-z0-9_.]+)(=.*)?$")
 
@@ -28,16 +35,16 @@ def _define_flags(argv: list[str]) -> flags.FlagValues:
     flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, config)", flag_values=fv)
     # Multi-process launches without a recognised cluster environment (see train.distributed).
     flags.DEFINE_string("coordinator", "", "host:port of process 0 for jax.distributed", flag_values=fv)
-    flags.DEFINE_integer("num_processes", 0, "number of processes in the job", flag_values=fv)
-    flags.DEFINE_integer("process_id", -1, "this process's index in the job", flag_values=fv)
+    flags.DEFINE_integer("num-processes", 0, "number of processes in the job", flag_values=fv)
+    flags.DEFINE_integer("process-id", -1, "this process's index in the job", flag_values=fv)
     flags.DEFINE_integer(
-        "heartbeat_timeout_s", 100, "seconds before a silent process stops the whole job", flag_values=fv
+        "heartbeat-timeout-s", 100, "seconds before a silent process stops the whole job", flag_values=fv
     )
     # Ahead-of-time check (train.aot): compile the step for a TPU topology, report, exit.
     flags.DEFINE_bool(
-        "compile_only", False, "compile the train step for --topology and report", flag_values=fv
+        "compile-only", False, "compile the train step for --topology and report", flag_values=fv
     )
-    flags.DEFINE_string("topology", "", "TPU topology for --compile_only, e.g. v5e:16x16", flag_values=fv)
+    flags.DEFINE_string("topology", "", "TPU topology for --compile-only, e.g. v5e:16x16", flag_values=fv)
     return fv
 
 
@@ -68,7 +75,7 @@ def parse_all_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str, dict]:
             raise ConfigError(f"unknown config key '{match.group(1)}' (from {arg})")
     fv = _define_flags(argv)
     try:
-        fv(argv)
+        fv(hyphenate(argv, set(fv)))
     except flags.Error as err:
         raise ConfigError(f"bad flag value: {err}") from err
     except (TypeError, ValueError, AttributeError, KeyError) as err:
@@ -78,11 +85,11 @@ def parse_all_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str, dict]:
     config = config_lib.validate(fv.config)
     launch = {
         "coordinator": fv.coordinator,
-        "num_processes": fv.num_processes,
-        "process_id": fv.process_id,
-        "heartbeat_timeout_s": fv.heartbeat_timeout_s,
+        "num_processes": fv["num-processes"].value,
+        "process_id": fv["process-id"].value,
+        "heartbeat_timeout_s": fv["heartbeat-timeout-s"].value,
     }
-    if fv.compile_only:
+    if fv["compile-only"].value:
         launch = {"compile_only": True, "topology": fv.topology}
     return config, fv.workdir, launch
 
@@ -98,23 +105,13 @@ def main(argv: list[str]) -> int:
     config, workdir, launch = parse_all_flags(argv)
     if launch.get("compile_only"):
         return _compile_only(config, workdir, launch["topology"])
-    # Before anything touches a jax backend.
-    from flam_jax.train import distributed
-
-    distributed.initialize(**launch)
-    import jax
-
-    from flam_jax.train import compile_cache
-    from flam_jax.train.workdir import check_shared
-
+    distributed.initialize(**launch)  # before anything touches a jax backend
     workdir = paths.resolve(workdir)
     check_shared(workdir)
     if jax.process_index() == 0:
         path = config_lib.write_resolved(config, workdir)
         print(f"resolved config written to {path}")
     compile_cache.enable(config, workdir)
-    from flam_jax.train.trainer import train_and_evaluate
-
     result = train_and_evaluate(config, workdir)
     if jax.process_index() == 0:
         print(f"{result['status']} at step {result['step']}")
@@ -125,8 +122,6 @@ def _compile_only(config, workdir: str, topology: str) -> int:
     # Compile-only devices come from libtpu; the host's own backend stays CPU, so this
     # runs the same on a laptop, a GPU box or a TPU VM already busy with a job.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from flam_jax.train.aot import run_compile_only
-
     print(f"resolved config written to {config_lib.write_resolved(config, workdir)}")
     return run_compile_only(config, workdir, topology)
 

@@ -1,0 +1,1 @@
+"""``make demo``: the repository's end-to-end demonstration (``demo.run`` says what it does)."""

@@ -1,0 +1,35 @@
+"""``flam-convert-openflam``: an openflam 1.0.2 checkpoint (.pth) → a flam_jax export directory.
+
+    flam-convert-openflam --checkpoint FILE.pth [--tokenizer-dir DIR] --out EXPORT_DIR
+
+The mapping: ``export.from_openflam``.
+"""
+
+import sys
+
+from flam_jax.cli import ArgumentParser, report_errors
+from flam_jax.export.from_openflam import convert
+
+
+@report_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(
+        prog="flam-convert-openflam", description="Convert an openflam .pth checkpoint to a flam_jax export."
+    )
+    parser.add_argument("--checkpoint", required=True, help="openflam state dict (.pth)")
+    parser.add_argument(
+        "--tokenizer-dir", default=None, help="roberta-base tokenizer files (vocab.json, merges.txt)"
+    )
+    parser.add_argument("--out", required=True, help="export directory to write")
+    args = parser.parse_args(argv)
+    out = convert(args.checkpoint, args.out, args.tokenizer_dir)
+    print(f"wrote {out}")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
