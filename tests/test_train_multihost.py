@@ -12,10 +12,9 @@ import time
 import numpy as np
 import pytest
 import train_standins as st
-from test_train_resume import OVERRIDES, _final_params, _finish, _losses, _start, _wait_for_step
+from test_train_resume import OVERRIDES, _final_params, _finish, _losses, _restored, _start, _wait_for_step
 
-from flam_jax.train.checkpoint import Checkpointer
-from flam_jax.train.trainer import Trainer, train_and_evaluate
+from flam_jax.train.trainer import train_and_evaluate
 
 pytestmark = pytest.mark.slow
 EVAL = ["--eval", "--config.train.eval_every=2", "--config.train.ckpt_every=2"]
@@ -74,17 +73,7 @@ def reference(tmp_path_factory):
 
 def _hook_on_checkpoint(workdir, step) -> float:
     """The validation hook in this one process on the parameters ``workdir`` saved at ``step``."""
-    trainer = Trainer(
-        st.tiny_config(**OVERRIDES),
-        str(workdir),
-        model_factory=st.standin_model_factory,
-        data_factory=lambda c, m: None,
-    )
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
-    try:
-        state = ckpt.restore(step, trainer.sharded_abstract_state())
-    finally:
-        ckpt.close()
+    trainer, state = _restored(workdir, step)
     return st.standin_eval_fn()(trainer.model(state), step)["frame_auroc_micro"]
 
 

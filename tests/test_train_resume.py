@@ -77,7 +77,8 @@ def _wait_for_step(workdir, step, proc, timeout=420):
     raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
-def _final_params(workdir, step):
+def _restored(workdir, step):
+    """(trainer, train state) of the stand-in run saved in ``workdir`` at ``step``."""
     trainer = Trainer(
         st.tiny_config(**OVERRIDES),
         str(workdir),
@@ -86,10 +87,13 @@ def _final_params(workdir, step):
     )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
     try:
-        state = ckpt.restore(step, trainer.sharded_abstract_state())
+        return trainer, ckpt.restore(step, trainer.sharded_abstract_state())
     finally:
         ckpt.close()
-    return jax.device_get(state.params)
+
+
+def _final_params(workdir, step):
+    return jax.device_get(_restored(workdir, step)[1].params)
 
 
 @pytest.fixture(scope="module")
