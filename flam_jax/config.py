@@ -95,6 +95,9 @@ def base_config() -> ConfigDict:
     c.train.ckpt_keep = 3
     c.train.ckpt_keep_every = 0  # also keep every K-th step; 0 = none
     c.train.init_from = ""  # export directory to initialise parameters from
+    # Checkpoint step to resume from; -1 = the latest complete one. An earlier step (the
+    # latest is damaged) moves the later ones to checkpoints/superseded/; a one-off: drop it after.
+    c.train.resume_step = -1
     # Persistent compilation cache (a restart reuses the compiled step): "" = WORKDIR/
     # compilation_cache, "none" = off, anything else = that directory (local or gs://).
     c.train.compile_cache = ""

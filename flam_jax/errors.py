@@ -48,3 +48,7 @@ class DoesNotFitError(FlamError):
 
 class NonFiniteLossError(FlamError):
     """The loss became NaN or infinite; the last checkpoint (if any) is still good."""
+
+
+class FlamWarning(UserWarning):
+    """Something a user should know but that does not stop the work (a truncated query)."""

@@ -19,6 +19,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import fsspec
 from etils import epath
@@ -78,6 +79,24 @@ def read_bytes(p: PathLike) -> bytes:
 
 def read_text(p: PathLike) -> str:
     return path(p).read_text(encoding="utf-8")
+
+
+def read_chunks(p: PathLike, size: int = 1 << 20) -> Iterator[bytes]:
+    """A file's bytes in pieces of ``size``, so a large one (a params file to hash) is never
+    held whole."""
+    with path(p).open("rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def stat(p: PathLike) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a file. Local times are exact; an object's
+    is its last upload, to the second (what the store keeps)."""
+    if is_remote(p):
+        info = path(p).stat()
+        return int(info.length), int(info.mtime) * 1_000_000_000
+    info = os.stat(resolve(p))
+    return info.st_size, info.st_mtime_ns
 
 
 def write_bytes(p: PathLike, data: bytes) -> None:
@@ -162,6 +181,34 @@ def require_local(p: PathLike, what: str) -> str:
             "and give the mounted path"
         )
     return resolve(p)
+
+
+def require_writable(p: PathLike, what: str, *, beside: bool = False) -> None:
+    """Refuse, before any work, an output folder that cannot be written: one that is a file,
+    lies under a file, or whose nearest existing folder takes no new entry; a one-line
+    ConfigError naming ``what`` (the flag). ``beside``: the writer also makes siblings of
+    ``p`` (a folder written aside and renamed into place), so its parent must take them.
+
+    Locally the check is a probe (a temporary folder made and removed there): permission
+    bits do not tell for root, ACLs or read-only mounts. Remotely only an object in the
+    folder's place is refused; a bucket's permissions show at the first write.
+    """
+    if is_remote(p):
+        if isfile(p):
+            raise ConfigError(f"{what} {os.fspath(p)} is a file, not a folder")
+        return
+    target = os.path.realpath(resolve(p))  # a symlinked folder is written where it points
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ConfigError(f"{what} {os.fspath(p)} is a file, not a folder")
+    folder = os.path.dirname(target) if beside else target
+    while not os.path.exists(folder):  # missing folders are made inside the first that exists
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{what} {os.fspath(p)}: {folder} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".flam-probe-", dir=folder))
+    except OSError as err:
+        raise ConfigError(f"{what} {os.fspath(p)}: cannot write in {folder} ({err.strerror})") from err
 
 
 class AppendLog:

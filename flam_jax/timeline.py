@@ -26,6 +26,10 @@ compares equal at collar and segment edges.
   Every window is then one the model was trained on; zero-padded windows would average
   silence into the embedding, and a stretched one is sped up.
 
+**Streams.** ``WindowCutter`` and ``FrameScoreSum`` apply both rules to a recording that
+arrives in blocks (a file decoded piece by piece), holding one window of audio, with the
+whole-array functions' results.
+
 Also here: the median filter, maximal runs of active frames and their times, and
 frame activity (median filter → threshold → gap merging → minimum duration), which the
 evaluator, the inference API and the demo share.
@@ -33,6 +37,7 @@ evaluator, the inference API and the demo share.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -151,6 +156,154 @@ def score_timeline(
     starts = window_starts(wave.shape[0], hop, window)
     scores = score_windows(cut_windows(wave, starts, window))
     return average_windows(scores, starts, wave.shape[0], window)
+
+
+# --------------------------------------------------------------------------- streams
+#
+# The same two rules for a recording that arrives in blocks (a file decoded piece by piece):
+# ``WindowCutter`` cuts the windows as they complete, holding at most one window of audio,
+# and ``FrameScoreSum`` averages frame scores as they come. Fed the windows in start order,
+# they give what ``window_starts``/``cut_windows``/``average_windows`` and
+# ``global_window_starts``/``global_windows`` give on the whole array, bit for bit.
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """One window cut from a stream; ``samples`` [window] float32 may be a view into the
+    cutter's buffer, so read it before the next ``push``."""
+
+    start: int
+    samples: np.ndarray
+    frame: bool  # one of window_starts: its frame scores go on the timeline
+    global_: bool  # one of the windows global_windows averages (a short clip: its repetition)
+
+
+class WindowCutter:
+    """Both rules' windows of a recording pushed block by block, in constant memory.
+
+    ``push(block)`` returns the windows the block completed, ``finish()`` the rest: the
+    zero-padded last frame window, the global window that ends at the end, or a short clip
+    repeated to one window. Each rule's windows come in start order. Only the last
+    ``window`` samples are kept between pushes: every window still to come starts after
+    ``num_samples - window``, since all earlier ones are complete and were cut.
+
+    A window that ends exactly where the audio so far ends is held back until more audio
+    arrives: only then is it known whether it ends the recording, which would make it the
+    last global window as well.
+    """
+
+    def __init__(self, hop: int, window: int = WINDOW_SAMPLES, *, frames: bool = True, globals_: bool = True):
+        if not 0 < hop <= window:
+            raise InputError(f"hop must be 1..{window} samples, got {hop}")
+        self.hop, self.window = hop, window
+        self.frames, self.globals_ = frames, globals_
+        self.num_samples = 0
+        self._buffer = np.zeros(0, np.float32)
+        self._base = 0  # the recording's sample index of _buffer[0]
+        self._next_frame = 0  # next start of window_starts
+        self._next_global = 0  # next start on the global grid 0, window, 2·window, …
+        self._reached_end = False  # a frame window ending at the end was cut
+        self._finished = False
+
+    def push(self, block: np.ndarray) -> list[Cut]:
+        if self._finished:
+            raise InputError("audio pushed after the stream finished")
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        self._buffer = np.concatenate([self._buffer, block]) if self._buffer.size else block
+        self.num_samples += block.size
+        cuts = self._cut(final=False)
+        keep = max(self._base, self.num_samples - self.window)
+        self._buffer = self._buffer[keep - self._base :]
+        self._base = keep
+        return cuts
+
+    def finish(self) -> list[Cut]:
+        """The windows that only the end of the recording decides; call once, after the last push."""
+        if self._finished:
+            raise InputError("the stream finished twice")
+        self._finished = True
+        n, window = self.num_samples, self.window
+        if n == 0:
+            raise InputError("empty audio clip")
+        cuts = self._cut(final=True)
+        tail = n - window
+        if self.globals_ and n < window:
+            cuts.append(Cut(0, np.resize(self._view(0, n), window), frame=False, global_=True))
+        elif self.globals_ and n > window and tail % window and (not self.frames or tail % self.hop):
+            # The window that ends at the end, when neither grid put a window there.
+            cuts.append(Cut(tail, self._view(tail, n), frame=False, global_=True))
+        if self.frames and not self._reached_end:
+            # The first window past the end: it starts before the end (hop <= window), zero-padded.
+            start = self._next_frame
+            padded = np.zeros(window, np.float32)
+            padded[: n - start] = self._view(start, n)
+            cuts.append(Cut(start, padded, frame=True, global_=False))
+        return cuts
+
+    def _view(self, start: int, end: int) -> np.ndarray:
+        return self._buffer[start - self._base : end - self._base]
+
+    def _cut(self, final: bool) -> list[Cut]:
+        """Every window that has all its samples; while more may come, only those that end
+        before the audio so far ends (see the class doc)."""
+        cuts, n = [], self.num_samples
+        while True:
+            frame = self._next_frame if self.frames and not self._reached_end else None
+            grid = self._next_global if self.globals_ else None
+            start = min(s for s in (frame, grid, n) if s is not None)
+            end = start + self.window
+            if start == n or end > n or (end == n and not final):
+                return cuts
+            is_frame, is_grid = start == frame, start == grid
+            # A window ending at the end of a recording longer than one window is its last global one.
+            last_global = self.globals_ and final and end == n
+            cuts.append(Cut(start, self._view(start, end), frame=is_frame, global_=is_grid or last_global))
+            if is_frame:
+                self._next_frame += self.hop
+                self._reached_end = end >= n and final
+            if is_grid:
+                self._next_global += self.window
+
+
+class FrameScoreSum:
+    """Running sums and counts per timeline frame: ``average_windows`` one window at a time.
+
+    The timeline's length is known only at the end, so the sums grow (doubling) past
+    ``capacity`` frames; size it from the expected length to allocate once.
+    """
+
+    def __init__(self, num_frames: int, window: int = WINDOW_SAMPLES, *, capacity: int = 0):
+        self.num_frames = num_frames
+        self.frame = samples_per_frame(num_frames, window)
+        self.window = window
+        self._capacity = max(int(capacity), num_frames)
+        self._total: np.ndarray | None = None
+        self._count = np.zeros(self._capacity, dtype=np.int64)
+
+    def add(self, start: int, scores: np.ndarray) -> None:
+        """Scores [..., F] of the window at ``start``; add windows in start order, as average_windows does."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape[-1] != self.num_frames:
+            raise InputError(f"window scores must have {self.num_frames} frames, got shape {scores.shape}")
+        first = start // self.frame
+        end = first + self.num_frames
+        if self._total is None:
+            self._total = np.zeros((*scores.shape[:-1], self._capacity), dtype=np.float64)
+        if end > self._capacity:
+            self._capacity = max(end, 2 * self._capacity)
+            total = np.zeros((*self._total.shape[:-1], self._capacity), dtype=np.float64)
+            total[..., : self._total.shape[-1]] = self._total
+            self._total = total
+            self._count = np.concatenate([self._count, np.zeros(self._capacity - self._count.size, np.int64)])
+        self._total[..., first:end] += scores
+        self._count[first:end] += 1
+
+    def result(self, num_samples: int) -> np.ndarray:
+        """The timeline [..., T] of a recording of ``num_samples``; frames after its end dropped."""
+        if self._total is None:
+            raise InputError("no window scores to average")
+        length = total_frames(num_samples, self.num_frames, self.window)
+        return self._total[..., :length] / self._count[:length]
 
 
 def events_in_window(events, start_s: float, length_s: float = WINDOW_S) -> list[tuple[float, float, str]]:

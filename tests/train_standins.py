@@ -246,7 +246,9 @@ def _driver(argv: list[str]) -> int:
         eval_fn=standin_eval_fn() if args.eval else None,
     )
     print(f"RESULT {result['status']} {result['step']}", flush=True)
-    return 0
+    from flam_jax.cli.train import EXIT_CODES  # flam-train's exit statuses (Ctrl-C: 130)
+
+    return EXIT_CODES[result["status"]]
 
 
 if __name__ == "__main__":

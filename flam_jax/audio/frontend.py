@@ -171,6 +171,11 @@ def validate_waveform(wave) -> None:
             "window long audio first"
         )
     if samples < MIN_SAMPLES:
+        if batch >= MIN_SAMPLES:  # (480000, 2) is a stereo clip, not 480000 clips of 2 samples
+            raise InputError(
+                f"waveform has shape {tuple(shape)}, which looks like [samples, channels]: pass mono "
+                "audio as [samples] (e.g. wave.mean(axis=1)) or a batch of clips as [B, samples]"
+            )
         raise InputError(f"waveform has {samples} samples, shorter than the minimum {MIN_SAMPLES}")
     try:
         values = np.asarray(wave)

@@ -5,9 +5,16 @@
 
 Prints one row per event (file, query, onset, offset, peak score). ``--json`` writes
 DESIGN.md's schema; ``--plot`` draws each file's spectrogram and one activation row per
-query (with several files, ``F.png`` becomes ``F-<i>.png`` per file). A file that cannot
-be read is reported and the others still run: exit 1 if some failed, 2 if all did (or
-on a bad model, query or query file), 0 otherwise.
+query: ``--plot F.png`` with one file writes F.png; with several, file i of the command
+line (counting from 0) writes ``F-<i>.png`` (an unreadable file leaves its number unused).
+A file that cannot be read is reported and the others still run: exit 1 if some failed,
+2 if all did (or on a bad model, query, query file or flag), 0 otherwise.
+
+Every flag is checked before the model loads: ``--threshold`` in [0, 1], ``--batch-size``
+a power of two, and ``--json``/``--plot`` files that can be written (not a directory, in
+a folder that exists and is writable), so no detection is lost to a bad output path.
+Recordings are read window by window (``FLAM.detect`` streams a path); only ``--plot``
+needs a file's samples in memory, one file at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +23,14 @@ import json
 import sys
 
 from flam_jax import paths
-from flam_jax.cli import EXIT_USAGE, ArgumentParser, report_errors
+from flam_jax.cli import (
+    EXIT_USAGE,
+    ArgumentParser,
+    check_fraction,
+    check_output_file,
+    check_power_of_two,
+    report_errors,
+)
 from flam_jax.errors import FlamError, InputError
 from flam_jax.infer import detect
 from flam_jax.infer.api import FLAM, read_audio
@@ -46,20 +60,24 @@ def main(argv=None) -> int:
     queries = detect.read_queries(args.query, args.queries_file)
     if args.median < 1 or args.median % 2 == 0:
         raise InputError(f"--median must be a positive odd number of frames, got {args.median}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_power_of_two(args.batch_size, "--batch-size")
+    check_fraction(args.threshold, "--threshold")
+    check_output_file(args.plot, "--plot")  # a folder is refused even when F-<i>.png are derived
+    plots = detect.plot_paths(args.plot, len(args.audio)) if args.plot else []
+    for out, flag in [(args.json, "--json"), *((p, "--plot") for p in plots)]:
+        check_output_file(out, flag)
     model = FLAM.load(args.model, max_batch=args.batch_size)
     hop_samples(args.hop, model.num_frames)  # a bad --hop is one error, not one per file
     text = model.embed_text(queries)  # once for every file
-    detections, waves, failures = [], [], []
-    for path in args.audio:
+    detections, failures = [], []
+    for i, path in enumerate(args.audio):
         try:
-            wave, _ = read_audio(path)  # kept for the plot
             found = model.detect(
-                wave, text, args.threshold, median=args.median, hop_s=args.hop, method=args.method
+                path, text, args.threshold, median=args.median, hop_s=args.hop, method=args.method
             )
             detections.append(detect.named(found, path))
-            waves.append(wave if args.plot else None)
+            if plots:
+                plot_detection(read_audio(path)[0], detections[-1], plots[i], threshold=args.threshold)
         except FlamError as err:
             if len(args.audio) == 1:
                 raise
@@ -70,11 +88,6 @@ def main(argv=None) -> int:
     if args.json and detections:
         doc = {"frame_rate_hz": model.frame_rate_hz, "results": [detect.result_json(d) for d in detections]}
         paths.write_text(args.json, json.dumps(doc, indent=1) + "\n")
-    if args.plot and detections:
-        for d, wave, out in zip(
-            detections, waves, detect.plot_paths(args.plot, len(detections)), strict=True
-        ):
-            plot_detection(wave, d, out, threshold=args.threshold)
     if failures:
         print(f"{len(failures)} of {len(args.audio)} files failed:", file=sys.stderr)
         for path, message in failures:

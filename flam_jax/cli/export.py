@@ -1,9 +1,12 @@
 """``flam-export``: a training workdir → an export directory (parameters only).
 
-    flam-export --workdir DIR --out EXPORT_DIR [--step N] [--dtype float32|bfloat16] [--stablehlo]
-                [--platforms cpu,cuda]
+    flam-export --workdir DIR --out EXPORT_DIR [--force] [--step N] [--dtype float32|bfloat16]
+                [--stablehlo] [--platforms cpu,cuda]
 
-What is read and written: ``export.params``.
+A non-empty ``--out`` is refused unless ``--force``, which replaces the export there only
+once the new one is complete (an export, never another folder); an ``--out`` that is a
+file or cannot be written is refused too, both before the checkpoint is read. What is read
+and written: ``export.params``.
 """
 
 import sys
@@ -15,7 +18,10 @@ from flam_jax.export.params import DTYPES, export_workdir
 def _parse(argv):
     parser = ArgumentParser(prog="flam-export", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
-    parser.add_argument("--out", required=True, help="export directory to write")
+    parser.add_argument("--out", required=True, help="export directory to write (new or empty)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace the export in --out (once the new one is written)"
+    )
     parser.add_argument(
         "--step", type=int, default=None, help="checkpoint step (default: the latest complete one)"
     )
@@ -38,6 +44,7 @@ def main(argv=None) -> int:
         dtype=args.dtype,
         stablehlo=args.stablehlo,
         platforms=platforms,
+        replace=args.force,
     )
     extra = f", StableHLO: {len(summary['stablehlo']) - 1} functions" if summary["stablehlo"] else ""
     print(

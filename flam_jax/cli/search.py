@@ -1,9 +1,14 @@
 """``flam-search``: index a folder of recordings, then find files (and moments) by text.
 
-    flam-search index AUDIO_DIR --model EXPORT_DIR --out INDEX [--hop 10] [--batch-size 8]
+    flam-search index AUDIO_DIR --model EXPORT_DIR --out INDEX [--rebuild] [--hop 10] [--batch-size 8]
     flam-search query INDEX "text" [--top 10] [--threshold 0.5]
 
-What an index holds and how a query ranks: ``infer.search``.
+``index`` resumes an index built with the same model, folder and hop: new and changed
+files are embedded, deleted ones dropped; another model (or folder, or hop) is refused in
+one line unless ``--rebuild``, which starts the index over. An ``--out`` that is a file,
+cannot be written or holds other files is refused before anything is embedded. ``query``
+refuses an index whose model folder now holds another model. What an index holds and how
+a query ranks: ``infer.search``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 
-from flam_jax.cli import ArgumentParser, report_errors
+from flam_jax.cli import ArgumentParser, check_power_of_two, report_errors
 from flam_jax.infer.search import build_index, query_index
 
 
@@ -22,6 +27,9 @@ def _parse(argv):
     ix.add_argument("audio_dir")
     ix.add_argument("--model", required=True, help="export directory")
     ix.add_argument("--out", required=True, help="index directory (resumed if it exists)")
+    ix.add_argument(
+        "--rebuild", action="store_true", help="delete the index's items and index everything again"
+    )
     ix.add_argument("--hop", type=float, default=10.0, help="hop between 10 s windows, seconds")
     ix.add_argument("--batch-size", type=int, default=8, help="largest window batch (a power of two)")
     ix.add_argument("--no-progress", action="store_true")
@@ -38,18 +46,25 @@ def _parse(argv):
 def main(argv=None) -> int:
     args = _parse(argv)
     if args.command == "index":
-        new, skipped, failures = build_index(
+        check_power_of_two(args.batch_size, "--batch-size")
+        done = build_index(
             args.audio_dir,
             args.model,
             args.out,
             hop_s=args.hop,
             progress=not args.no_progress,
             batch_size=args.batch_size,
+            rebuild=args.rebuild,
         )
-        print(f"indexed {new} files ({skipped} already done) into {args.out}")
-        if failures:
-            print(f"{len(failures)} files could not be read:", file=sys.stderr)
-            for path, message in failures:
+        notes = [f"{done.skipped} already done"]
+        if done.changed:
+            notes.append(f"{done.changed} changed since, embedded again")
+        if done.dropped:
+            notes.append(f"{done.dropped} no longer there, dropped")
+        print(f"indexed {done.indexed} files ({', '.join(notes)}) into {args.out}")
+        if done.failures:
+            print(f"{len(done.failures)} files could not be read:", file=sys.stderr)
+            for path, message in done.failures:
                 print(f"  {path}: {message}", file=sys.stderr)
             return 1
         return 0

@@ -3,6 +3,12 @@
 Kept thin on purpose: everything testable lives in ``train.trainer.train_and_evaluate``.
 The modules that use jax are imported at the top: importing jax does not start a backend,
 so ``train.distributed.initialize`` still runs before anything touches one.
+
+Exit status (``EXIT_CODES``): 0 when the run is done or was preempted (SIGTERM: saved, to
+be restarted by its scheduler); 130 when Ctrl-C (SIGINT) stopped it, saved, or before the
+loop began, unsaved (128 + 2, the shell's convention: ``flam-train ... && flam-export
+...`` does not go on); 2 for a user error (``error: <line>``, e.g. a ``--workdir`` that
+is a file or cannot be written, refused before anything is built).
 """
 
 import os
@@ -20,7 +26,7 @@ from flam_jax.errors import ConfigError
 from flam_jax.train import compile_cache, distributed
 from flam_jax.train.aot import run_compile_only
 from flam_jax.train.trainer import train_and_evaluate
-from flam_jax.train.workdir import check_shared
+from flam_jax.train.workdir import check_workdir
 
 _OVERRIDE = re.compile(r"^--?config\.([A-Za-z0-9_.]+)(=.*)?$")
 
@@ -94,6 +100,7 @@ def parse_all_flags(argv: list[str]) -> tuple[config_lib.ConfigDict, str, dict]:
     return config, fv.workdir, launch
 
 
+EXIT_CODES = {"done": 0, "preempted": 0, "interrupted": 130}
 USAGE = "usage: flam-train --config=experiments/X.py[:variant] --workdir=DIR [--config.KEY=VALUE ...]"
 
 
@@ -105,23 +112,30 @@ def main(argv: list[str]) -> int:
     config, workdir, launch = parse_all_flags(argv)
     if launch.get("compile_only"):
         return _compile_only(config, workdir, launch["topology"])
-    distributed.initialize(**launch)  # before anything touches a jax backend
-    workdir = paths.resolve(workdir)
-    check_shared(workdir)
-    if jax.process_index() == 0:
-        path = config_lib.write_resolved(config, workdir)
-        print(f"resolved config written to {path}")
-    compile_cache.enable(config, workdir)
-    result = train_and_evaluate(config, workdir)
+    try:
+        distributed.initialize(**launch)  # before anything touches a jax backend
+        workdir = paths.resolve(workdir)
+        check_workdir(workdir)
+        if jax.process_index() == 0:
+            path = config_lib.write_resolved(config, workdir)
+            print(f"resolved config written to {path}")
+        compile_cache.enable(config, workdir)
+        result = train_and_evaluate(config, workdir)
+    except KeyboardInterrupt:
+        # Inside the loop Ctrl-C is a flag (a saved step, status "interrupted"); this is one
+        # that came while starting up, when this run has nothing of its own to save.
+        print("interrupted before the train loop could save: no new checkpoint written", file=sys.stderr)
+        return EXIT_CODES["interrupted"]
     if jax.process_index() == 0:
         print(f"{result['status']} at step {result['step']}")
-    return 0
+    return EXIT_CODES[result["status"]]
 
 
 def _compile_only(config, workdir: str, topology: str) -> int:
     # Compile-only devices come from libtpu; the host's own backend stays CPU, so this
     # runs the same on a laptop, a GPU box or a TPU VM already busy with a job.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    paths.require_writable(workdir, "--workdir")
     print(f"resolved config written to {config_lib.write_resolved(config, workdir)}")
     return run_compile_only(config, workdir, topology)
 

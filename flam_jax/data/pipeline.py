@@ -29,6 +29,7 @@ Trainer use::
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
@@ -185,8 +186,15 @@ def _finish(ds: grain.MapDataset, workers: int, buffer: int) -> grain.IterDatase
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
             flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer)
-        it = it.mp_prefetch(options)
+        it = it.mp_prefetch(options, worker_init_fn=_ignore_interrupts)
     return it
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+    """A terminal's Ctrl-C reaches the whole process group: only the trainer acts on it
+    (save, then stop its workers); a worker that died of it first would lose the batch the
+    trainer waits for, and print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def sed_dataset(

@@ -14,6 +14,7 @@ marking the real tokens, like the transformers tokenizer classes with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
@@ -40,6 +41,12 @@ def _local(path_or_dir: str) -> str:
     return paths.local_copy(path_or_dir, names)
 
 
+@dataclasses.dataclass(frozen=True)
+class TextReport:
+    truncated: bool  # longer than the context length: the tail is not seen
+    nothing_known: bool  # every token is the unknown token (or none is left)
+
+
 class Tokenizer:
     """``encode(texts) -> (ids [N,L] int32, mask [N,L] int32)`` over one back end."""
 
@@ -55,6 +62,10 @@ class Tokenizer:
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         """Ids with special tokens, truncated to the context length (not padded)."""
+        raise NotImplementedError
+
+    def report(self, texts: list[str]) -> list[TextReport]:
+        """What the tokenizer makes of each text: cut to the context length, or nothing known."""
         raise NotImplementedError
 
     def encode(self, texts: Sequence[str] | str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +114,15 @@ class HFTokenizer(Tokenizer):
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         return [enc.ids for enc in self.backend.encode_batch(texts)]
 
+    def report(self, texts: list[str]) -> list[TextReport]:
+        vocab = self.backend.get_vocab(with_added_tokens=True)
+        unknown = {vocab[t] for t in ("[UNK]", "<unk>") if t in vocab}
+        out = []
+        for enc in self.backend.encode_batch(texts):
+            content = [i for i, special in zip(enc.ids, enc.special_tokens_mask, strict=True) if not special]
+            out.append(TextReport(bool(enc.overflowing), all(i in unknown for i in content)))
+        return out
+
 
 class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
@@ -120,6 +140,14 @@ class SentencePieceTokenizer(Tokenizer):
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         room = self.context_length - len(self.bos) - len(self.eos)
         return [self.bos + pieces[:room] + self.eos for pieces in self.sp.encode(texts)]
+
+    def report(self, texts: list[str]) -> list[TextReport]:
+        room = self.context_length - len(self.bos) - len(self.eos)
+        unknown = self.sp.unk_id()
+        return [
+            TextReport(len(pieces) > room, all(i == unknown for i in pieces))
+            for pieces in self.sp.encode(texts)
+        ]
 
 
 def roberta_bpe(vocab_path: str, merges_path: str, context_length: int = 77) -> HFTokenizer:

@@ -11,13 +11,34 @@
 
 The model is rebuilt from ``model`` with ``models.flam.build_model`` and must match the
 stored weights exactly (names and shapes).
+
+An export appears whole or not at all (``staged_export``): it is written into a sibling
+folder ``.NAME.partial-<id>`` and only then moved into place, so a failure midway leaves
+whatever was at ``EXPORT_DIR`` before untouched (and removes the sibling). Locally the
+move is two renames: the old folder aside (``.NAME.old-<id>``), the new one in, then the
+old one deleted; a process killed between them leaves both siblings for a person to pick.
+On ``gs://`` a folder cannot be renamed, so after the sibling is complete the old export
+stops being one (its config.json is deleted first), its objects are deleted, the new ones
+are copied in with config.json last, and the sibling is deleted: a reader sees the old
+export, then no export ("no config.json"), then the new one, never a mixture; a process
+killed meanwhile leaves the complete new export in the sibling. Only an export (or an
+empty folder) is ever replaced. The commands refuse a non-empty destination unless
+``--force``, before any work (``check_out_dir``).
+
+``export_identity`` names a model by its bytes (params file + model section), so an index
+built with it can tell when a folder now holds another model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +49,7 @@ from safetensors.numpy import load, load_file, save, save_file
 from flam_jax import paths
 from flam_jax.config import base_config
 from flam_jax.data.tokenizers import load_tokenizer
-from flam_jax.errors import CheckpointError, FlamError, ModelLoadError
+from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
 from flam_jax.export.weights import set_weights
 from flam_jax.jsonfile import read_json
 from flam_jax.models.flam import build_model
@@ -47,7 +68,16 @@ def model_config_dict(model_config) -> dict:
 
 def save_export(out_dir: str, weights: dict[str, np.ndarray], model_config, tokenizer=None, source: str = ""):
     """Write an export directory (local or remote) from a flat weight dict
-    (``export.weights.get_weights``)."""
+    (``export.weights.get_weights``), whole: an export already there is replaced only once
+    the new one is complete (``staged_export``)."""
+    with staged_export(out_dir) as stage:
+        write_export_files(stage, weights, model_config, tokenizer, source)
+
+
+def write_export_files(
+    out_dir: str, weights: dict[str, np.ndarray], model_config, tokenizer=None, source: str = ""
+) -> None:
+    """The files of an export, written straight into ``out_dir`` (a staging folder)."""
     paths.makedirs(out_dir)
     tokenizer_entry = None
     if tokenizer is not None:
@@ -65,6 +95,109 @@ def save_export(out_dir: str, weights: dict[str, np.ndarray], model_config, toke
         "source": source,
     }
     paths.write_text(paths.join(out_dir, CONFIG_FILE), json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def is_export(folder: str) -> bool:
+    """Whether ``folder`` holds an export's config.json (what may be replaced)."""
+    try:
+        config = read_json(paths.join(folder, CONFIG_FILE), ModelLoadError, "")
+    except ModelLoadError:
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def check_out_dir(out_dir: str, *, force: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, an export destination this run must not or cannot write: a
+    file, an unwritable place, a non-empty folder without ``force``, or (even with it) a
+    non-empty folder that is not an export. An empty folder is fine."""
+    paths.require_writable(out_dir, flag, beside=True)
+    if not paths.isdir(out_dir) or not paths.listdir(out_dir):
+        return
+    if not force:
+        raise ConfigError(f"{flag} {out_dir} is not empty; pass --force to replace it")
+    if not is_export(out_dir):
+        raise ConfigError(
+            f"{flag} {out_dir} is not empty and not an export directory (no flam_jax {CONFIG_FILE}); "
+            "--force replaces only an export: give a new or empty folder"
+        )
+
+
+def _refuse_foreign(target: str) -> None:
+    # Checked again at the swap (the commands check first): deleting a non-export folder's
+    # files would lose someone's data, so it is never what "replace the export" means.
+    if paths.isdir(target) and paths.listdir(target) and not is_export(target):
+        raise ConfigError(f"{target} is not empty and not an export directory; it is not replaced")
+
+
+@contextlib.contextmanager
+def staged_export(out_dir: str) -> Iterator[str]:
+    """Yield a sibling folder of ``out_dir`` to write an export into; when the block ends
+    without an error it replaces ``out_dir`` (see the module docstring for how, locally and
+    on gs://); on an error the sibling is deleted and ``out_dir`` left as it was."""
+    target = paths.resolve(out_dir)
+    if paths.is_remote(target):
+        if "/" not in target.split("://", 1)[1]:
+            raise ConfigError(f"{out_dir} is a bucket; an export goes into a folder inside it")
+        parent, _, name = target.rpartition("/")
+    else:
+        # A symlinked destination: the folder it points to is replaced, the link kept.
+        target = os.path.realpath(target)
+        parent, name = os.path.split(target)
+    tag = uuid.uuid4().hex[:8]
+    stage = paths.join(parent, f".{name}.partial-{tag}")
+    # A normal mkdir (not mkdtemp, which makes a 0700 folder) so the export, once renamed into
+    # place, has the permissions any folder made here would have.
+    paths.makedirs(stage)
+    try:
+        yield stage
+        _refuse_foreign(target)
+    except BaseException:
+        paths.rmtree(stage)
+        raise
+    if paths.is_remote(target):
+        _replace_remote(stage, target)
+    else:
+        _replace_local(stage, target, paths.join(parent, f".{name}.old-{tag}"))
+
+
+def _replace_local(stage: str, target: str, aside: str) -> None:
+    # paths.py has no rename because object stores have none; these folders are local.
+    if not os.path.exists(target):
+        os.rename(stage, target)
+        return
+    os.rename(target, aside)
+    try:
+        os.rename(stage, target)
+    except BaseException:
+        os.rename(aside, target)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(aside)
+
+
+def _replace_remote(stage: str, target: str) -> None:
+    if paths.isdir(target):
+        paths.remove(paths.join(target, CONFIG_FILE))  # first: from here on it is not an export
+        paths.rmtree(target)
+    # config.json last: the folder becomes an export only when every other file is there.
+    for rel in sorted(paths.walk_files(stage), key=lambda rel: rel == CONFIG_FILE):
+        paths.write_bytes(paths.join(target, rel), paths.read_bytes(paths.join(stage, rel)))
+    paths.rmtree(stage)
+
+
+def export_identity(export_dir: str) -> str:
+    """A model's identity: sha256 of its params file (streamed, never held whole) and of
+    its config.json model section. Another folder with the same bytes is the same model."""
+    config = read_config(export_dir)
+    params_path = paths.join(export_dir, PARAMS_FILE)
+    if not paths.isfile(params_path):
+        raise ModelLoadError(f"{export_dir} has no {PARAMS_FILE}")
+    digest = hashlib.sha256()
+    for chunk in paths.read_chunks(params_path):
+        digest.update(chunk)
+    digest.update(b"\0")  # the two parts cannot run into each other
+    digest.update(json.dumps(config["model"], sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
 
 
 def write_params(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:

@@ -7,6 +7,12 @@ device count works. Writes the format of ``export.export_dir`` (what the openfla
 converter writes too): config.json, params.safetensors (float32, or bfloat16 with
 ``--dtype``; loading casts back to float32), the tokenizer files, and with
 ``--stablehlo`` the ``jax.export`` artefacts of ``export.stablehlo``.
+
+The destination is checked before anything is read (``export_dir.check_out_dir``): a file
+or an unwritable place is refused, and so is a non-empty folder unless it is to be
+replaced (``replace``; flam-export's ``--force``). Everything, StableHLO included, is
+written into a sibling folder first and moved into place at the end
+(``export_dir.staged_export``), so a failed export leaves the old one as it was.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from flax import nnx
 from flam_jax import paths
 from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
-from flam_jax.export.export_dir import full_model_config, save_export
+from flam_jax.export.export_dir import check_out_dir, full_model_config, staged_export, write_export_files
 from flam_jax.export.stablehlo import export_stablehlo
 from flam_jax.export.weights import set_weights, weight_shapes
 from flam_jax.jsonfile import read_json
@@ -93,10 +99,16 @@ def export_workdir(
     dtype: str = "float32",
     stablehlo: bool = False,
     platforms: tuple[str, ...] | None = None,
+    replace: bool = True,
 ) -> dict:
-    """Write an export directory from a training workdir; returns a summary dict."""
+    """Write an export directory from a training workdir; returns a summary dict.
+
+    ``replace``: an export already at ``out_dir`` is replaced once the new one is complete;
+    False refuses a non-empty ``out_dir`` before any work (flam-export without ``--force``).
+    """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    check_out_dir(out_dir, force=replace)
     config = read_training_config(workdir)
     steps = checkpoint_steps(workdir)
     if not steps:
@@ -128,12 +140,11 @@ def export_workdir(
     # The export is self-contained: paths into the training machine's file system go.
     model_cfg.text_weights = ""
     model_cfg.tokenizer = ""
-    save_export(
-        out_dir, weights, model_cfg, tokenizer, source=f"flam-export {paths.resolve(workdir)} step {step}"
-    )
-    files = []
-    if stablehlo:
-        files = export_stablehlo(out_dir, platforms=platforms)
+    source = f"flam-export {paths.resolve(workdir)} step {step}"
+    with staged_export(out_dir) as stage:
+        write_export_files(stage, weights, model_cfg, tokenizer, source=source)
+        written = export_stablehlo(stage, platforms=platforms) if stablehlo else []
+    files = [paths.join(out_dir, f[len(stage) + 1 :]) for f in written]  # where they are now
     return {
         "step": step,
         "weights": len(weights),

@@ -1,24 +1,42 @@
 """A search index of a folder of recordings, and finding files (and moments) by text (flam-search).
 
-INDEX/ holds ``index.json`` (model, audio folder, hop), ``manifest.jsonl`` (one line per
-file as it is done: its item or its error; the last line of a path wins),
-``items/<n>.npz`` (window frame embeddings [W, F, D] float16, window starts, length,
-global embedding) and ``globals.npy`` + ``globals.json`` (all global embeddings, written
-at the end of each indexing run). Indexing again with the same model skips finished files
-and retries failed ones, so an interrupted run resumes. Files are found recursively by
+INDEX/ holds ``index.json`` (format, version, the model's folder and identity, audio
+folder, hop), ``manifest.jsonl`` (one line per file as it is done: its item, size and
+modification time, or its error; the last line of a path wins), ``items/<n>.npz`` (window
+frame embeddings [W, F, D] float16, window starts, length, global embedding) and
+``globals.npy`` + ``globals.json`` (all global embeddings). Files are found recursively by
 audio extension; unreadable ones are skipped and listed at the end (exit 1).
+
+Indexing again resumes: a file whose size and modification time are the recorded ones is
+skipped, a changed one is re-embedded (its old item deleted), a failed one retried, and
+one no longer in the folder dropped. At the end of each run the manifest is rewritten
+with one line per file still there, items nothing refers to are deleted, and the globals
+are rewritten, so a query never returns a file that is gone or an embedding of what it
+used to hold. A remote file's modification time is kept to the second only (the store's);
+its size still tells most rewrites.
+
+An index belongs to one model. ``index.json`` records ``export_dir.export_identity`` (a
+hash of the params file and the model section): resuming with another model is refused
+with one line naming both, as is another audio folder or hop; ``rebuild`` (``--rebuild``)
+deletes the items and starts over. The same model moved to another folder is accepted
+and its new place recorded. A query refuses an index whose model folder no longer holds
+the model it was built with (the hash is recomputed, a second read of the params file).
+``--out`` is checked before anything is embedded: a file, an unwritable place, or a
+non-empty folder that is not an index is refused.
 
 A query ranks files by the cosine of the text and global embeddings and gives each
 hit's best span: the run of median-filtered frame scores above the threshold around the
 peak frame (the peak frame alone if nothing is above).
 
-``index.json`` carries the format version (``VERSION``, now 2: global embeddings by the
-timeline's global rule, the one evaluation uses). Resuming into an index of another
-version is refused with one line; build a new one with another ``--out``.
+``index.json`` carries the format version (``VERSION``, now 3: the model identity and each
+file's size and modification time; 2 had neither, 1 had zero-padded global windows).
+Resuming into an index of another version is refused with one line (``--rebuild`` or
+another ``--out``); an older index without an identity can still be queried, unchecked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -28,14 +46,37 @@ import numpy as np
 from tqdm import tqdm
 
 from flam_jax import paths
-from flam_jax.errors import DataError, FlamError, InputError
+from flam_jax.errors import ConfigError, DataError, FlamError, InputError
+from flam_jax.export.export_dir import export_identity
 from flam_jax.infer.api import FLAM, WindowEmbedding
 from flam_jax.jsonfile import read_json
 from flam_jax.timeline import median_filter
 
 FORMAT = "flam_jax.search"
-VERSION = 2  # 2: global embeddings by the timeline's global rule (1: zero-padded windows)
+# 3: model identity, file size and mtime; 2: global embeddings by the timeline's global
+# rule; 1: zero-padded windows.
+VERSION = 3
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
+INDEX_FILE = "index.json"
+MANIFEST_FILE = "manifest.jsonl"
+ITEMS_DIR = "items"
+GLOBALS_FILES = ("globals.npy", "globals.json")
+
+
+@dataclasses.dataclass
+class IndexRun:
+    """What one ``build_index`` run did."""
+
+    indexed: int  # files embedded in this run (new, changed and retried ones that worked)
+    skipped: int  # unchanged files already in the index
+    changed: int  # files re-embedded because their size or modification time changed
+    dropped: int  # files no longer in the folder, removed from the index
+    failures: list[tuple[str, str]]  # (path, error) of the files that could not be read
+
+
+def short_identity(identity: str) -> str:
+    """The first 12 hex digits: enough to tell two models apart in a message."""
+    return identity[:12]
 
 
 def find_audio(audio_dir: str) -> list[str]:
@@ -52,7 +93,7 @@ def find_audio(audio_dir: str) -> list[str]:
 def read_manifest(index_dir: str) -> dict[str, dict]:
     """{relative path: its last manifest line}; a torn last line (killed mid-write) is ignored."""
     entries = {}
-    path = paths.join(index_dir, "manifest.jsonl")
+    path = paths.join(index_dir, MANIFEST_FILE)
     if not paths.exists(path):
         return entries
     for line in paths.read_text(path).splitlines():
@@ -64,36 +105,62 @@ def read_manifest(index_dir: str) -> dict[str, dict]:
     return entries
 
 
-def _open_index(index_dir: str, model_dir: str, audio_dir: str, hop_s: float) -> None:
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": paths.resolve(model_dir),
-        "audio_dir": paths.resolve(audio_dir),
-        "hop_s": hop_s,
-    }
-    path = paths.join(index_dir, "index.json")
-    if paths.exists(path):
-        old = read_index_meta(index_dir)
-        if old.get("version") != VERSION:
-            raise InputError(
-                f"{index_dir} is a version {old.get('version')} index (this is version {VERSION}: "
-                "global embeddings by the timeline's rule); use another --out"
-            )
-        if (old["model"], old["audio_dir"], old["hop_s"]) != (meta["model"], meta["audio_dir"], hop_s):
-            raise InputError(
-                f"{index_dir} was built from {old['audio_dir']} with model {old['model']} at hop "
-                f"{old['hop_s']} s; use another --out to index differently"
-            )
+def check_index_out(index_dir: str) -> None:
+    """Refuse, before any embedding, an ``--out`` that is a file, cannot be written, or is a
+    non-empty folder that is not an index (an index is never mixed into other files)."""
+    paths.require_writable(index_dir, "--out")
+    if (
+        paths.isdir(index_dir)
+        and paths.listdir(index_dir)
+        and not paths.exists(paths.join(index_dir, INDEX_FILE))
+    ):
+        raise ConfigError(
+            f"--out {index_dir} is not empty and not a flam-search index; give a new or empty folder"
+        )
+
+
+def _check_resume(index_dir: str, meta: dict, rebuild: bool) -> None:
+    """Refuse to resume an index built otherwise (another version, model, folder or hop)."""
+    if not paths.exists(paths.join(index_dir, INDEX_FILE)):
         return
-    paths.makedirs(paths.join(index_dir, "items"))
-    paths.write_text(path, json.dumps(meta, indent=1))
+    old = read_index_meta(index_dir)
+    if rebuild:
+        return
+    if old.get("version") != VERSION:
+        raise InputError(
+            f"{index_dir} is a version {old.get('version')} index (this is version {VERSION}: model "
+            "identity and file sizes recorded); pass --rebuild to start it over, or use another --out"
+        )
+    if old.get("model_identity") != meta["model_identity"]:
+        raise InputError(
+            f"{index_dir} was built with model {short_identity(str(old.get('model_identity')))} "
+            f"({old.get('model')}), but {meta['model']} is model {short_identity(meta['model_identity'])}; "
+            "pass --rebuild to index again with it, or use another --out"
+        )
+    if (old.get("audio_dir"), old.get("hop_s")) != (meta["audio_dir"], meta["hop_s"]):
+        raise InputError(
+            f"{index_dir} was built from {old.get('audio_dir')} at hop {old.get('hop_s')} s; pass "
+            f"--rebuild to index {meta['audio_dir']} at hop {meta['hop_s']} s instead, or use another --out"
+        )
+
+
+def _start_index(index_dir: str, meta: dict, rebuild: bool) -> None:
+    if rebuild:
+        paths.remove(paths.join(index_dir, MANIFEST_FILE))
+        paths.rmtree(paths.join(index_dir, ITEMS_DIR))
+        for name in GLOBALS_FILES:
+            paths.remove(paths.join(index_dir, name))
+    # index.json first: a folder holding anything of an index is recognisably one. Written
+    # on every run so that a moved model's new place is what queries load.
+    paths.makedirs(index_dir)
+    paths.write_text(paths.join(index_dir, INDEX_FILE), json.dumps(meta, indent=1))
+    paths.makedirs(paths.join(index_dir, ITEMS_DIR))
 
 
 def read_index_meta(index_dir: str) -> dict:
-    path = paths.join(index_dir, "index.json")
+    path = paths.join(index_dir, INDEX_FILE)
     if not paths.exists(path):
-        raise InputError(f"{index_dir} is not a flam-search index (no index.json)")
+        raise InputError(f"{index_dir} is not a flam-search index (no {INDEX_FILE})")
     meta = read_json(path, DataError, f"{path} disappeared while reading it")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{path} is not a flam-search index")
@@ -109,26 +176,49 @@ def build_index(
     progress: bool = True,
     batch_size: int = 8,
     model=None,
-):
-    """Embed every audio file; returns (newly indexed, skipped as done, [(path, error)]).
+    rebuild: bool = False,
+) -> IndexRun:
+    """Embed every audio file not yet in the index as it is now (see the module docstring).
 
     ``model``: an already loaded ``FLAM`` of ``model_dir`` (reuses its compiled functions).
+    ``rebuild``: delete the index's items first and index everything again.
     """
     files = find_audio(audio_dir)
-    model = model or FLAM.load(model_dir, max_batch=batch_size)
-    _open_index(index_dir, model_dir, audio_dir, hop_s)
-    done = {
-        p: e
-        for p, e in read_manifest(index_dir).items()
-        if "item" in e and paths.exists(paths.join(index_dir, e["item"]))
+    check_index_out(index_dir)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": paths.resolve(model_dir),
+        "model_identity": export_identity(model_dir),
+        "audio_dir": paths.resolve(audio_dir),
+        "hop_s": hop_s,
     }
-    todo = [p for p in files if p not in done]
-    next_id = 1 + max((int(os.path.basename(e["item"]).split(".")[0]) for e in done.values()), default=-1)
+    _check_resume(index_dir, meta, rebuild)
+    model = model or FLAM.load(model_dir, max_batch=batch_size)
+    _start_index(index_dir, meta, rebuild)
+    recorded = read_manifest(index_dir)
+    todo, skipped, changed = [], 0, 0
+    for rel in files:
+        size, mtime_ns = paths.stat(paths.join(audio_dir, rel))
+        entry = recorded.get(rel, {})
+        if "item" in entry and paths.exists(paths.join(index_dir, entry["item"])):
+            if (entry.get("size"), entry.get("mtime_ns")) == (size, mtime_ns):
+                skipped += 1
+                continue
+            changed += 1
+        todo.append((rel, size, mtime_ns))
+    # Past every item a line names, stale ones included: those are deleted only at the end.
+    next_id = 1 + max(
+        (int(os.path.basename(e["item"]).split(".")[0]) for e in recorded.values() if "item" in e),
+        default=-1,
+    )
     failures = []
-    manifest = paths.AppendLog(paths.join(index_dir, "manifest.jsonl"))
+    manifest = paths.AppendLog(paths.join(index_dir, MANIFEST_FILE))
     manifest.end_line()
     try:
-        for rel in tqdm(todo, desc="indexing", unit="file", disable=not progress, file=sys.stderr):
+        for rel, size, mtime_ns in tqdm(
+            todo, desc="indexing", unit="file", disable=not progress, file=sys.stderr
+        ):
             try:
                 emb = model.embed_windows(paths.join(audio_dir, rel), hop_s=hop_s)
             except FlamError as err:
@@ -136,7 +226,7 @@ def build_index(
                 manifest.write(json.dumps({"path": rel, "error": str(err)}) + "\n")
                 manifest.flush()
                 continue
-            item = f"items/{next_id:07d}.npz"
+            item = f"{ITEMS_DIR}/{next_id:07d}.npz"
             next_id += 1
             arrays = {
                 "frames": emb.frames.astype(np.float16),
@@ -145,12 +235,19 @@ def build_index(
                 "global_": emb.global_,
             }
             paths.write_bytes(paths.join(index_dir, item), _npz_bytes(arrays))
-            manifest.write(json.dumps({"path": rel, "item": item, "duration_s": emb.duration_s}) + "\n")
+            line = {
+                "path": rel,
+                "item": item,
+                "duration_s": emb.duration_s,
+                "size": size,
+                "mtime_ns": mtime_ns,
+            }
+            manifest.write(json.dumps(line) + "\n")
             manifest.flush()
     finally:
         manifest.close()
-    _write_globals(index_dir)
-    return len(todo) - len(failures), len(done), failures
+    dropped = _finish_run(index_dir, set(files))
+    return IndexRun(len(todo) - len(failures), skipped, changed, dropped, failures)
 
 
 def _npz_bytes(arrays: dict) -> bytes:
@@ -163,14 +260,39 @@ def _load_npz(path: str):
     return np.load(io.BytesIO(paths.read_bytes(path)))
 
 
-def _write_globals(index_dir: str) -> None:
-    entries = [e for e in read_manifest(index_dir).values() if "item" in e]
+def _finish_run(index_dir: str, present: set[str]) -> int:
+    """Keep the files still in the folder: rewrite the manifest (one line each), delete
+    the items no line names, rewrite the globals; returns how many files were dropped."""
+    view = read_manifest(index_dir)
+    kept = {rel: entry for rel, entry in view.items() if rel in present}
+    lines = "".join(json.dumps(entry) + "\n" for entry in kept.values())
+    paths.write_text(paths.join(index_dir, MANIFEST_FILE), lines)
+    named = {entry["item"] for entry in kept.values() if "item" in entry}
+    for name in paths.listdir(paths.join(index_dir, ITEMS_DIR)):
+        if f"{ITEMS_DIR}/{name}" not in named:
+            paths.remove(paths.join(index_dir, ITEMS_DIR, name))
+    entries = [entry for entry in kept.values() if "item" in entry]
     globals_ = [_load_npz(paths.join(index_dir, e["item"]))["global_"] for e in entries]
     matrix = np.stack(globals_) if globals_ else np.zeros((0, 0), np.float32)
     buffer = io.BytesIO()
     np.save(buffer, matrix)
-    paths.write_bytes(paths.join(index_dir, "globals.npy"), buffer.getvalue())
-    paths.write_text(paths.join(index_dir, "globals.json"), json.dumps(entries))
+    npy, listing = GLOBALS_FILES
+    paths.write_bytes(paths.join(index_dir, npy), buffer.getvalue())
+    paths.write_text(paths.join(index_dir, listing), json.dumps(entries))
+    return len(view) - len(kept)
+
+
+def check_model(index_dir: str, meta: dict) -> None:
+    """Refuse an index whose model folder no longer holds the model it was built with."""
+    recorded = meta.get("model_identity")
+    if not recorded:  # an older index recorded none: nothing to compare
+        return
+    now = export_identity(meta["model"])
+    if now != recorded:
+        raise InputError(
+            f"{index_dir} was built with model {short_identity(recorded)}, but {meta['model']} now holds "
+            f"model {short_identity(now)}; index again with --rebuild (or restore that model)"
+        )
 
 
 def best_span(scores: np.ndarray, frame_hop_s: float, duration_s: float, threshold: float = 0.5):
@@ -195,9 +317,11 @@ def query_index(
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}")
     meta = read_index_meta(index_dir)
+    check_model(index_dir, meta)
+    npy, listing = GLOBALS_FILES
     try:
-        matrix = np.load(io.BytesIO(paths.read_bytes(paths.join(index_dir, "globals.npy"))))
-        entries = json.loads(paths.read_text(paths.join(index_dir, "globals.json")))
+        matrix = np.load(io.BytesIO(paths.read_bytes(paths.join(index_dir, npy))))
+        entries = json.loads(paths.read_text(paths.join(index_dir, listing)))
     except (OSError, ValueError) as err:
         raise DataError(f"index {index_dir} is incomplete (run flam-search index again): {err}") from err
     if len(entries) == 0:

@@ -14,20 +14,33 @@ old processes' states (``restore_at_step``) instead of being read back one to on
 
 Retention: the ``train.ckpt_keep`` newest steps plus every ``train.ckpt_keep_every``-th
 (Orbax ``max_to_keep`` / ``keep_period``); the trainer always saves the final step and a
-preemption step.
+preemption or interruption step.
+
+A complete step that cannot be read (a damaged file) is a one-line CheckpointError naming
+the previous complete step and the flag that resumes from it (``train.resume_step``);
+nothing is deleted. Resuming from an earlier step moves the later ones, which Orbax would
+refuse to save over, to ``checkpoints/superseded/<step>-<time>`` (``supersede``): Orbax
+only counts folders named by a number, so it neither lists nor prunes them there.
 """
 
+import re
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from flam_jax import paths
 from flam_jax.errors import CheckpointError
 from flam_jax.train.sharding import path_name
 
 STATE, DATA = "state", "data"
+SUPERSEDED = "superseded"
+# Tensorstore appends its whole JSON spec to an error, hundreds of characters of no use to a reader.
+_SPEC_TAIL = re.compile(r"\s*\[[a-z_]+=.*$", re.S)
+_QUOTED = re.compile(r'"([^"]+)"')
 
 
 def _describe(tree) -> dict[str, tuple]:
@@ -57,6 +70,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """Every complete step, oldest first (temporary directories of unfinished saves excluded)."""
+        return sorted(self.manager.all_steps())
+
     def step_dir(self, step: int) -> str:
         return paths.join(self.directory, str(step))
 
@@ -80,30 +97,28 @@ class Checkpointer:
         if data_iterator is not None:
             data_dir = paths.join(where, DATA)
             if not paths.isdir(data_dir):
-                raise CheckpointError(f"checkpoint {where} has no data iterator state")
+                raise self._unreadable(step, "no data iterator state")
             own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
             if paths.exists(paths.join(data_dir, own)):
                 items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
             else:
-                other_layout = self._saved_data_states(data_dir, data_iterator)
+                other_layout = self._saved_data_states(step, data_dir, data_iterator)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except CheckpointError:
             raise
         except Exception as err:  # Orbax/tensorstore raise many types for a damaged file
-            raise CheckpointError(
-                f"checkpoint {where} cannot be restored: {type(err).__name__}: {str(err)[:300]}"
-            ) from err
+            raise self._unreadable(step, _short_reason(err, where)) from err
         if other_layout is not None:
             data_iterator.restore_at_step(step, other_layout)
         return restored[STATE]
 
-    def _saved_data_states(self, data_dir: str, data_iterator) -> list[bytes]:
+    def _saved_data_states(self, step: int, data_dir: str, data_iterator) -> list[bytes]:
         """Every old process's iterator state, for a restore onto another process count."""
         names = [n for n in paths.listdir(data_dir) if n.startswith("process_") and n.endswith(".json")]
         counts = {n.rsplit("-of-", 1)[-1].removesuffix(".json") for n in names}
         if len(counts) != 1 or len(names) != int(next(iter(counts), "0")):
-            raise CheckpointError(f"checkpoint {data_dir} holds an incomplete set of data iterator states")
+            raise self._unreadable(step, "an incomplete set of data iterator states")
         if not hasattr(data_iterator, "restore_at_step"):
             raise CheckpointError(
                 f"checkpoint {data_dir} was written by {len(names)} processes and this data iterator "
@@ -124,9 +139,9 @@ class Checkpointer:
             meta = self.manager.item_metadata(step)
             stored = meta[STATE] if meta is not None else None
         except Exception as err:
-            raise CheckpointError(f"checkpoint {where} is unreadable: {type(err).__name__}: {err}") from err
+            raise self._unreadable(step, _short_reason(err, where)) from err
         if stored is None:
-            raise CheckpointError(f"checkpoint {where} has no train state")
+            raise self._unreadable(step, "no train state")
         saved, wanted = _describe(stored), _describe(abstract_state)
         missing = sorted(set(wanted) - set(saved))
         extra = sorted(set(saved) - set(wanted))
@@ -142,9 +157,67 @@ class Checkpointer:
                     f"checkpoint {where} does not match this model: {name} is {saved[name]}, expected {shape}"
                 )
 
+    def _unreadable(self, step: int, reason: str) -> CheckpointError:
+        """The damaged step, why, and the way forward: the previous complete step, if any."""
+        earlier = [s for s in self.steps() if s < step]
+        if earlier:
+            way = (
+                f"step {earlier[-1]} is the previous complete one: resume from it with "
+                f"--config.train.resume_step={earlier[-1]} (step {step} is kept)"
+            )
+        else:
+            way = f"no complete step precedes it: move {self.step_dir(step)} elsewhere to start afresh"
+        return CheckpointError(f"checkpoint {self.step_dir(step)} cannot be read ({reason}); {way}")
+
+    def supersede(self, step: int) -> tuple[list[int], str]:
+        """Move the steps later than ``step`` (the one just restored) to ``superseded/<s>-<time>``.
+
+        Called on every process: the listing comes from each one's manager, process 0 moves
+        (the directory is shared), and all wait for it before reading the directory again.
+        Returns (the steps moved, the folder they went to). A remote move is a copy, then
+        a delete of the original: cut short, it leaves the step in place or both copies.
+        """
+        later = [s for s in self.steps() if s > step]
+        folder = paths.join(self.directory, SUPERSEDED)
+        multi = jax.process_count() > 1
+        if multi:  # nobody may still be reading a step that is about to move
+            multihost_utils.sync_global_devices("flam checkpoints: before superseding")
+        if later and jax.process_index() == 0:
+            paths.makedirs(folder)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for s in later:
+                target = paths.join(folder, f"{s}-{stamp}")
+                paths.path(self.step_dir(s)).rename(paths.path(target))
+        if multi:
+            multihost_utils.sync_global_devices("flam checkpoints: superseded")
+        if later:
+            self.manager.reload()  # its cached list still names the moved steps
+        return later, folder
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _short_reason(err: Exception, step_dir: str) -> str:
+    """A tensorstore error cut to the file at fault and its last words; others as type: text.
+
+    E.g. ``state/manifest.ocdbt: Error decoding manifest: Encoded length (7) is less than
+    minimum length (16)`` instead of five nested contexts and the store's JSON spec.
+    """
+    text = _SPEC_TAIL.sub("", " ".join(str(err).split()))
+    parts = text.split(": ")
+    if len(parts) > 1 and parts[0].isupper():  # an absl status code: DATA_LOSS, OUT_OF_RANGE, ...
+        named = [i for i, part in enumerate(parts) if _QUOTED.search(part)]
+        last = named[-1] if named else 0
+        where = _QUOTED.findall(parts[last])[-1] if named else ""
+        reason = ": ".join(parts[last + 1 :]) or parts[-1]
+        base = step_dir.rstrip("/") + "/"
+        if where.startswith(base) and where != base:
+            reason = f"{where[len(base) :].rstrip('/')}: {reason}"
+    else:
+        reason = f"{type(err).__name__}: {text}"
+    return reason if len(reason) <= 200 else reason[:197] + "..."

@@ -2,21 +2,24 @@
 
 One step = one jitted function over the whole TrainState (donated) and one global
 batch, with explicit in/out shardings. The loop restores the workdir's latest complete
-checkpoint, logs a progress line and metrics, checkpoints every ``train.ckpt_every``
-steps, saves and returns on SIGTERM, and stops with a clear error on a non-finite loss
-(only finite states are ever checkpointed).
+checkpoint (or ``train.resume_step``: later steps are moved aside, see
+``train.checkpoint``), logs a progress line and metrics, checkpoints every
+``train.ckpt_every`` steps, finishes the step, saves and returns on SIGTERM (status
+"preempted") or SIGINT / Ctrl-C (status "interrupted"; ``_StopSignals``), and stops with a
+clear error on a non-finite loss (only finite states are ever checkpointed).
 
 Logged every ``train.log_every`` steps (means over the window) to ``metrics.jsonl`` and
 TensorBoard: the objective's metrics, ``grad_norm``, ``lr``, ``steps_per_s``,
 ``examples_per_s``, ``eta_s`` and the data pipelines' ``data/*`` statistics, plus
 ``eval/*`` every ``train.eval_every`` steps. A multi-process run stops at a common step
-on SIGTERM (jax's preemption sync point).
+on SIGTERM or SIGINT (jax's preemption sync point).
 
 The model, the data iterator and the objective come from factories so that tests and
 benchmarks can swap in small stand-ins; the defaults build the real FLAM pieces.
 """
 
 import math
+import os
 import signal
 import threading
 import time
@@ -34,7 +37,7 @@ from jax.experimental import multihost_utils
 from flam_jax import paths
 from flam_jax.data.pipeline import open_pool, simulator_config
 from flam_jax.data.tokenizers import load_tokenizer
-from flam_jax.errors import CheckpointError, NonFiniteLossError
+from flam_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from flam_jax.evals.hook import simulate_mixtures, validation_hook
 from flam_jax.models.flam import build_model
 from flam_jax.train import sharding as sharding_lib
@@ -74,22 +77,55 @@ def default_eval_fn(config) -> EvalFn:
     return validation_hook(mixtures, load_tokenizer(tokenizer_path(config), config.model.context_length))
 
 
-class _Preemption:
-    """SIGTERM (the cluster's eviction notice) → save and stop at the next step boundary.
+class _StopSignals:
+    """SIGTERM and SIGINT → finish the step in flight, save it, stop.
 
-    With several processes the coordination service spreads the notice and picks one
-    step at which every host stops; alone, a Python signal handler sets a flag.
+    SIGTERM is the cluster's eviction notice (status "preempted": the job is meant to be
+    restarted, so the CLI exits 0); SIGINT is Ctrl-C, or a launcher passing one on (status
+    "interrupted", exit 130). A handler only sets a flag that the loop reads after each
+    step: no exception can land inside a step or a save. Further Ctrl-C while stopping
+    are ignored until the save is complete, with a line saying so; kill -9 is the harder
+    stop, and costs at most the save in flight (an unfinished step is ignored on restart).
+
+    Several processes must stop at one step, since the save is collective. SIGTERM reaches
+    jax's preemption service (its own C handler), whose coordination service picks the
+    step; SIGINT is handed to the same service by re-sending SIGTERM to this process, so a
+    Ctrl-C that reaches every process (launchers forward it) or only one stops them all at
+    a common step, where one allgather makes them agree that it was an interruption.
+    Without that service (``jax_enable_preemption_service`` off) no signal is caught there:
+    Ctrl-C stops the run unsaved, as in plain Python.
     """
 
     def __init__(self):
-        self._flag = threading.Event()
-        self._previous = None
+        self._term = threading.Event()
+        self._int = threading.Event()
+        self._previous = {}
         self._multi = jax.process_count() > 1
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python sets signal handlers from the main thread only
+        if not self._multi:
+            self._install(signal.SIGTERM, self._on_term)
+            self._install(signal.SIGINT, self._on_int)
+        elif getattr(jax.config, "jax_enable_preemption_service", True):
+            self._install(signal.SIGINT, self._on_int)
 
-    def _on_signal(self, signum, frame):
-        self._flag.set()
+    def _install(self, signum, handler):
+        self._previous[signum] = signal.signal(signum, handler)
+
+    def _on_term(self, signum, frame):
+        self._term.set()
+
+    def _on_int(self, signum, frame):
+        if self._int.is_set():
+            _say(
+                "interrupt: already stopping (the step in flight, then its save); wait for it "
+                "(kill -9 is safe: an unfinished save is ignored on the next start)"
+            )
+            return
+        self._int.set()
+        _say("interrupt: stopping after the current step and saving it (further Ctrl-C are ignored)")
+        if self._multi:
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption service: one step for all
 
     def requested(self, step: int) -> bool:
         if self._multi:
@@ -97,12 +133,31 @@ class _Preemption:
                 return multihost_utils.reached_preemption_sync_point(step)
             except RuntimeError:  # preemption service disabled on this cluster
                 return False
-        return self._flag.is_set()
+        return self._term.is_set() or self._int.is_set()
+
+    def arrived_since(self) -> bool:
+        """A signal raised after ``requested`` this step (one process only: several stop only
+        where the sync point says)."""
+        return not self._multi and (self._term.is_set() or self._int.is_set())
+
+    def status(self) -> str:
+        """Why the loop stops: "interrupted" if any process saw SIGINT, else "preempted".
+        Every process must call it at the stop step (a collective when there are several)."""
+        interrupted = self._int.is_set()
+        if self._multi:
+            seen = multihost_utils.process_allgather(np.int32(interrupted))
+            interrupted = bool(np.asarray(seen).any())
+        return "interrupted" if interrupted else "preempted"
 
     def close(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+
+def _say(line: str) -> None:
+    # From a signal handler: print() could re-enter a stdout buffer the loop is writing.
+    os.write(2, (line + "\n").encode())
 
 
 class Trainer:
@@ -229,6 +284,37 @@ class Trainer:
         return self.model_def.merge(state.params, state.extra)
 
 
+def _resume_step(ckpt: Checkpointer, wanted: int) -> int | None:
+    """The step to restore: ``train.resume_step``, or the latest when it is -1 (None: no
+    checkpoint, a fresh start)."""
+    steps = ckpt.steps()
+    if wanted == -1:
+        return steps[-1] if steps else None
+    if wanted < -1:
+        raise ConfigError(f"train.resume_step must be -1 (the latest) or a saved step, got {wanted}")
+    if wanted not in steps:
+        have = ", ".join(map(str, steps)) if steps else "none"
+        raise CheckpointError(
+            f"train.resume_step={wanted}: no complete checkpoint of step {wanted} in {ckpt.directory}; "
+            f"available steps: {have}"
+        )
+    return wanted
+
+
+def _restore(ckpt: Checkpointer, step: int, trainer: Trainer, is_main: bool) -> TrainState:
+    logging.info("restoring %s", ckpt.step_dir(step))
+    state = ckpt.restore(step, trainer.sharded_abstract_state(), trainer.data)
+    # Only after a good restore: a step that fails to load leaves the directory as it was.
+    moved, folder = ckpt.supersede(step)
+    if moved and is_main:
+        print(
+            f"resumed from step {step}: later step(s) {', '.join(map(str, moved))} moved to {folder} "
+            "(kept, not deleted); drop train.resume_step for later restarts",
+            flush=True,
+        )
+    return state
+
+
 def _check_finite(history: list[tuple[int, dict]], last_good: int | None) -> None:
     for step, metrics in history:
         loss = float(metrics["loss"])
@@ -254,38 +340,46 @@ def train_and_evaluate(
 ) -> dict:
     """Train until ``train.steps`` (resuming from ``workdir`` if it holds checkpoints).
 
-    ``devices`` defaults to all devices. Returns ``{"status": "done" | "preempted",
-    "step": int, "metrics": {...}}``.
+    ``devices`` defaults to all devices. Returns ``{"status": "done" | "preempted" |
+    "interrupted", "step": int, "metrics": {...}}``: "preempted" after SIGTERM, "interrupted"
+    after SIGINT, each once the stop step is saved (``_StopSignals``; a signal during the
+    last step still ends "done").
     """
     began = time.perf_counter()
-    trainer = Trainer(
-        config,
-        workdir,
-        model_factory=model_factory,
-        data_factory=data_factory,
-        objective_factory=objective_factory,
-        devices=devices,
-    )
     tc = config.train
-    if eval_fn is None and tc.eval_every > 0:
-        eval_fn = default_eval_fn(config)
+    is_main = jax.process_index() == 0
+    # Opened first so that a bad train.resume_step fails before anything is built.
     ckpt = Checkpointer(paths.join(workdir, "checkpoints"), keep=tc.ckpt_keep, keep_every=tc.ckpt_keep_every)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        logging.info("restoring %s", ckpt.step_dir(latest))
-        state = ckpt.restore(latest, trainer.sharded_abstract_state(), trainer.data)
-        last_saved = latest
-    else:
-        state = trainer.init_state()
-        last_saved = None
+    trainer = None
+    try:
+        resume = _resume_step(ckpt, tc.resume_step)
+        trainer = Trainer(
+            config,
+            workdir,
+            model_factory=model_factory,
+            data_factory=data_factory,
+            objective_factory=objective_factory,
+            devices=devices,
+        )
+        if eval_fn is None and tc.eval_every > 0:
+            eval_fn = default_eval_fn(config)
+        if resume is not None:
+            state = _restore(ckpt, resume, trainer, is_main)
+        else:
+            state = trainer.init_state()
+    except BaseException:  # a damaged checkpoint, a bad config, Ctrl-C while starting
+        ckpt.close()
+        if trainer is not None and hasattr(trainer.data, "close"):
+            trainer.data.close()
+        raise
+    last_saved = resume
     start = int(state.step)
     writer = MetricWriter(workdir)
     progress = Progress(start, tc.steps, trainer.examples_per_step)
-    preemption = _Preemption()
+    signals = _StopSignals()
     history: list[tuple[int, dict]] = []
     last_metrics: dict[str, float] = {}
     status = "done"
-    is_main = jax.process_index() == 0
     try:
         with jax.set_mesh(trainer.mesh):
             for step in range(start, tc.steps):
@@ -302,7 +396,8 @@ def train_and_evaluate(
                         flush=True,
                     )
                 history.append((done, metrics))
-                stop = preemption.requested(done)
+                # A signal during the last step changes nothing: the run is complete.
+                stop = signals.requested(done) and done < tc.steps
                 save = stop or done == tc.steps or (tc.ckpt_every > 0 and done % tc.ckpt_every == 0)
                 log = done == tc.steps or (tc.log_every > 0 and done % tc.log_every == 0)
                 evaluate = eval_fn is not None and tc.eval_every > 0 and done % tc.eval_every == 0
@@ -322,19 +417,23 @@ def train_and_evaluate(
                     if is_main:
                         print(progress.line(done, scalars, speed), flush=True)
                 last_metrics = scalars
+                # The step is computed asynchronously and waited for above (device_get): a
+                # Ctrl-C during that wait still belongs to this step, not to the next one.
+                if not stop and done < tc.steps and signals.arrived_since():
+                    stop = save = True
                 if save and done != last_saved:
                     ckpt.save(done, state, trainer.data, force=True)
                     last_saved = done
                 if stop:
-                    status = "preempted"
-                    if is_main:
-                        print(f"preempted: checkpoint saved at step {done}", flush=True)
+                    status = signals.status()
                     break
         ckpt.wait()
+        if status != "done" and is_main:  # said once the save is complete, not when it starts
+            print(f"{status}: checkpoint saved at step {last_saved}", flush=True)
     finally:
-        preemption.close()
         writer.close()
         ckpt.close()
         if hasattr(trainer.data, "close"):
             trainer.data.close()
+        signals.close()  # last: a Ctrl-C stays harmless until the save is closed
     return {"status": status, "step": int(state.step), "metrics": last_metrics, "time": time.time()}

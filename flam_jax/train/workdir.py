@@ -1,4 +1,8 @@
-"""The run directory every process of a job must share.
+"""The run directory: one that can be written, and that every process of a job shares.
+
+``check_workdir`` runs before anything is built or compiled: a workdir that is a file,
+lies under a file or cannot take new entries (``paths.require_writable``) is a one-line
+ConfigError on every process, then ``check_shared`` proves the sharing.
 
 On a pod, a workdir on one host's local disk would leave each host writing its own
 checkpoint shards where no other host (and no later restart elsewhere) can read them.
@@ -17,6 +21,25 @@ from flam_jax import paths
 from flam_jax.errors import ConfigError
 
 TOKEN = ".shared_token"
+
+
+def check_workdir(workdir: str) -> None:
+    """Refuse, on every process, a workdir that some process cannot write or that they do
+    not all share. Each process probes the directory itself (a mount can be read-only on one
+    host); with several, they agree first, so that none is left waiting for a failed one."""
+    try:
+        paths.require_writable(workdir, "--workdir")
+        problem = None
+    except ConfigError as err:
+        problem = err
+    if jax.process_count() > 1:
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(problem is not None))).reshape(-1)
+        if problem is None and failed.any():
+            who = ", ".join(str(int(i)) for i in np.flatnonzero(failed))
+            raise ConfigError(f"--workdir {workdir} cannot be written from process {who} (see its error)")
+    if problem is not None:
+        raise problem
+    check_shared(workdir)
 
 
 def check_shared(workdir: str) -> None:
