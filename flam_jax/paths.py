@@ -16,10 +16,12 @@ only, so a dataset directory must be local or a mounted bucket (``require_local`
 """
 
 import atexit
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import fsspec
 from etils import epath
@@ -87,6 +89,20 @@ def read_chunks(p: PathLike, size: int = 1 << 20) -> Iterator[bytes]:
     with path(p).open("rb") as f:
         while chunk := f.read(size):
             yield chunk
+
+
+# An object up to this size is fetched in one request by ``open_remote``.
+WHOLE_OBJECT_BYTES = 64 << 20
+
+
+def open_remote(p: PathLike) -> BinaryIO:
+    """A remote file for a reader that seeks and reads in small pieces (libsndfile): an
+    object of at most ``WHOLE_OBJECT_BYTES`` is fetched whole into memory, since each small
+    read of the store's file object is a round trip (a 3 s WAV took 51 of them); a larger
+    one is the path layer's streaming file object, so memory stays bounded."""
+    if stat(p)[0] <= WHOLE_OBJECT_BYTES:
+        return io.BytesIO(read_bytes(p))
+    return path(p).open("rb")
 
 
 def stat(p: PathLike) -> tuple[int, int]:

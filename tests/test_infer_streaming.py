@@ -246,9 +246,12 @@ def test_channels_last_array_is_named(flam):
         flam.embed_audio(np.zeros((4, 2), np.float32))
 
 
-def test_a_bucket_file_streams_through_the_path_layer(flam, text, files, tmp_path):
-    """gs:// (the local GCS emulator): the same timeline as the local file, and the same
-    errors as load_audio, the bucket path named."""
+def test_a_bucket_file_streams_through_the_path_layer(flam, text, files, tmp_path, monkeypatch):
+    """gs:// (the local GCS emulator): the same timeline as the local file, fetched whole or
+    (past ``paths.WHOLE_OBJECT_BYTES``) streamed, and the same errors as load_audio, the
+    bucket path named."""
+    import io
+
     from gcs_emulator import BUCKET, emulator
 
     from flam_jax import paths
@@ -256,7 +259,12 @@ def test_a_bucket_file_streams_through_the_path_layer(flam, text, files, tmp_pat
     with emulator():
         remote = f"gs://{BUCKET}/streaming/a44.wav"
         paths.write_bytes(remote, open(files["44k"], "rb").read())
-        np.testing.assert_array_equal(flam.score(remote, text).scores, flam.score(files["44k"], text).scores)
+        local = flam.score(files["44k"], text).scores
+        assert isinstance(paths.open_remote(remote), io.BytesIO)  # one request, not one per read
+        np.testing.assert_array_equal(flam.score(remote, text).scores, local)
+        monkeypatch.setattr(paths, "WHOLE_OBJECT_BYTES", 1000)
+        assert not isinstance(paths.open_remote(remote), io.BytesIO)
+        np.testing.assert_array_equal(flam.score(remote, text).scores, local)
         corrupt = f"gs://{BUCKET}/streaming/corrupt.wav"
         paths.write_bytes(corrupt, b"RIFF\x00\x00\x00\x00WAVEjunk")
         for path in (corrupt, f"gs://{BUCKET}/streaming/absent.wav"):

@@ -180,10 +180,11 @@ class AudioStream:
 
     Each block is mixed to mono and, at another rate, resampled by one soxr stream (HQ, as
     ``load_audio``); soxr's stream gives the one-shot resampler's samples (checked equal in
-    tests/test_infer_streaming.py). A ``gs://`` file is read through the path layer's file
-    object, so it is never held whole either. Errors are ``load_audio``'s, word for word:
-    a missing file, one libsndfile cannot open or read (truncated FLAC fails mid-stream),
-    no samples, non-finite samples, each one ``AudioDecodeError`` naming the file.
+    tests/test_infer_streaming.py). A ``gs://`` file is read through ``paths.open_remote``:
+    fetched whole up to 64 MiB, streamed through the path layer's file object beyond.
+    Errors are ``load_audio``'s, word for word: a missing file, one libsndfile cannot open
+    or read (truncated FLAC fails mid-stream), no samples, non-finite samples, each one
+    ``AudioDecodeError`` naming the file.
     """
 
     def __init__(self, path, *, target_rate: int = SAMPLE_RATE, block_frames: int = STREAM_BLOCK_FRAMES):
@@ -193,7 +194,7 @@ class AudioStream:
         remote = paths.is_remote(self.source)
         if not (paths.isfile(self.source) if remote else os.path.isfile(self.source)):
             raise AudioDecodeError(f"audio file not found: {self.source}")
-        self._raw = paths.path(self.source).open("rb") if remote else None
+        self._raw = paths.open_remote(self.source) if remote else None
         try:
             self._file = soundfile.SoundFile(self._raw if remote else self.source)
         except _DECODE_ERRORS as err:
