@@ -16,12 +16,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import train_standins as st
-from test_train_resume import OVERRIDES, _finish, _losses, _start, _wait_for_step
+from test_train_resume import OVERRIDES, _finish, _losses, _start, _train, _wait_for_step
 
 from flam_jax.cli import train as cli_train
 from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.train.checkpoint import Checkpointer
-from flam_jax.train.trainer import Trainer, train_and_evaluate
+from flam_jax.train.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments", "cpu_demo.py") + ":tiny"
@@ -102,23 +102,9 @@ def test_ctrl_c_on_two_processes_stops_both_at_one_saved_step(tmp_path):
 def saved(tmp_path_factory):
     """Six steps in-process, checkpoints at 3 and 6; and the losses they logged."""
     workdir = tmp_path_factory.mktemp("saved")
-    result = train_and_evaluate(
-        st.tiny_config(**OVERRIDES),
-        str(workdir),
-        model_factory=st.standin_model_factory,
-        data_factory=st.standin_data_factory,
-    )
+    result = _train(workdir)
     assert result["status"] == "done" and sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
     return workdir, _losses(workdir)
-
-
-def _run(workdir, **overrides):
-    return train_and_evaluate(
-        st.tiny_config(**OVERRIDES, **overrides),
-        str(workdir),
-        model_factory=st.standin_model_factory,
-        data_factory=st.standin_data_factory,
-    )
 
 
 def test_a_damaged_latest_checkpoint_names_the_previous_step_and_resume_step_resumes_from_it(
@@ -130,7 +116,7 @@ def test_a_damaged_latest_checkpoint_names_the_previous_step_and_resume_step_res
     with open(workdir / "checkpoints" / "6" / "state" / "manifest.ocdbt", "r+b") as f:
         f.truncate(7)
     with pytest.raises(CheckpointError) as err:
-        _run(workdir)
+        _train(workdir)
     message = str(err.value)
     assert "\n" not in message and len(message) < 400, message
     assert message.startswith(f"checkpoint {workdir}/checkpoints/6 cannot be read (state/manifest.ocdbt: ")
@@ -140,7 +126,7 @@ def test_a_damaged_latest_checkpoint_names_the_previous_step_and_resume_step_res
     assert os.path.isdir(workdir / "checkpoints" / "6")  # nothing deleted, nothing moved
 
     capsys.readouterr()
-    result = _run(workdir, **{"train.resume_step": 3})
+    result = _train(workdir, {"train.resume_step": 3})
     assert result["status"] == "done" and result["step"] == 6
     out = capsys.readouterr().out
     assert f"resumed from step 3: later step(s) 6 moved to {workdir}/checkpoints/superseded" in out
@@ -169,12 +155,12 @@ def test_a_resume_step_that_does_not_exist_lists_the_saved_ones(saved, tmp_path)
     source, _ = saved
     shutil.copytree(source / "checkpoints", tmp_path / "run" / "checkpoints")
     with pytest.raises(CheckpointError, match=r"train.resume_step=4: .* available steps: 3, 6$") as err:
-        _run(tmp_path / "run", **{"train.resume_step": 4})
+        _train(tmp_path / "run", {"train.resume_step": 4})
     assert "\n" not in str(err.value)
     with pytest.raises(CheckpointError, match=r"available steps: none$"):
-        _run(tmp_path / "empty", **{"train.resume_step": 3})
+        _train(tmp_path / "empty", {"train.resume_step": 3})
     with pytest.raises(ConfigError, match=r"train.resume_step must be -1"):
-        _run(tmp_path / "run", **{"train.resume_step": -2})
+        _train(tmp_path / "run", {"train.resume_step": -2})
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["3", "6"]  # untouched
 
 

@@ -12,9 +12,15 @@ import time
 import numpy as np
 import pytest
 import train_standins as st
-from test_train_resume import OVERRIDES, _final_params, _finish, _losses, _restored, _start, _wait_for_step
-
-from flam_jax.train.trainer import train_and_evaluate
+from test_train_resume import (
+    _final_params,
+    _finish,
+    _losses,
+    _restored,
+    _start,
+    _train,
+    _wait_for_step,
+)
 
 pytestmark = pytest.mark.slow
 EVAL = ["--eval", "--config.train.eval_every=2", "--config.train.ckpt_every=2"]
@@ -59,14 +65,7 @@ def _evals(workdir) -> dict[int, float]:
 def reference(tmp_path_factory):
     """Six uninterrupted steps in one process on 8 devices, with the validation hook."""
     workdir = tmp_path_factory.mktemp("reference")
-    config = st.tiny_config(**OVERRIDES, **{"train.eval_every": 2})
-    result = train_and_evaluate(
-        config,
-        str(workdir),
-        model_factory=st.standin_model_factory,
-        data_factory=st.standin_data_factory,
-        eval_fn=st.standin_eval_fn(),
-    )
+    result = _train(workdir, {"train.eval_every": 2}, eval_fn=st.standin_eval_fn())
     assert result["status"] == "done"
     return _losses(workdir), _evals(workdir), _final_params(workdir, 6)
 

@@ -92,6 +92,17 @@ def _restored(workdir, step):
         ckpt.close()
 
 
+def _train(workdir, overrides=None, **kwargs):
+    """``train_and_evaluate`` of the stand-ins with ``OVERRIDES`` (and ``overrides``)."""
+    return train_and_evaluate(
+        st.tiny_config(**OVERRIDES, **(overrides or {})),
+        str(workdir),
+        model_factory=st.standin_model_factory,
+        data_factory=st.standin_data_factory,
+        **kwargs,
+    )
+
+
 def _final_params(workdir, step):
     return jax.device_get(_restored(workdir, step)[1].params)
 
@@ -100,12 +111,7 @@ def _final_params(workdir, step):
 def straight(tmp_path_factory):
     """Six uninterrupted steps on 8 devices (4 x 2)."""
     workdir = tmp_path_factory.mktemp("straight")
-    result = train_and_evaluate(
-        st.tiny_config(**OVERRIDES),
-        str(workdir),
-        model_factory=st.standin_model_factory,
-        data_factory=st.standin_data_factory,
-    )
+    result = _train(workdir)
     assert result["status"] == "done" and result["step"] == 6
     return workdir, _losses(workdir), _final_params(workdir, 6)
 
@@ -151,13 +157,7 @@ def test_resume_onto_four_devices(straight, tmp_path):
 
     workdir, want_losses, want_params = straight
     shutil.copytree(workdir / "checkpoints" / "3", tmp_path / "checkpoints" / "3")
-    result = train_and_evaluate(
-        st.tiny_config(**OVERRIDES),
-        str(tmp_path),
-        model_factory=st.standin_model_factory,
-        data_factory=st.standin_data_factory,
-        devices=jax.devices()[:4],
-    )
+    result = _train(tmp_path, devices=jax.devices()[:4])
     assert result["status"] == "done" and result["step"] == 6
     logged = _losses(tmp_path)
     assert sorted(logged) == [4, 5, 6]  # restored at 3, not restarted
