@@ -95,6 +95,9 @@ def base_config() -> ConfigDict:
     c.train.ckpt_keep = 3
     c.train.ckpt_keep_every = 0  # also keep every K-th step; 0 = none
     c.train.init_from = ""  # export directory to initialise parameters from
+    # regex over parameter names (a/b) left at their fresh values by init_from, e.g. the
+    # heads of a FLAM-Global export that an ablation replaces by shared terms
+    c.train.init_exclude = ""
     # Checkpoint step to resume from; -1 = the latest complete one. An earlier step (the
     # latest is damaged) moves the later ones to checkpoints/superseded/; a one-off: drop it after.
     c.train.resume_step = -1
@@ -155,6 +158,7 @@ def validate(config: ConfigDict) -> ConfigDict:
         (config.data.max_events >= 1, "data.max_events must be >= 1"),
         (config.data.max_decode_errors >= 0, "data.max_decode_errors must be >= 0"),
         (config.data.workers >= 0, "data.workers must be >= 0"),
+        (config.train.init_from or not config.train.init_exclude, "train.init_exclude needs train.init_from"),
         (config.data.global_workers >= -1, "data.global_workers must be >= 0, or -1 for data.workers"),
         (config.data.prefetch >= 1, "data.prefetch must be >= 1"),
         (config.data.pool_cache_mb >= 0, "data.pool_cache_mb must be >= 0"),

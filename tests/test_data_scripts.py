@@ -135,7 +135,9 @@ def test_demo_corpus_synthetic_fallback(tmp_path, capsys):
     module = script("demo_corpus")
     assert module.main(["--synthetic", f"--cache-dir={tmp_path}"]) == 0
     summary = json.loads((tmp_path / "demo_corpus" / "summary.json").read_text())
-    assert summary["source"] == "synthetic" and summary["clips"] == 8 * 25
-    assert summary["backgrounds"] == 50 and summary["splits"]["validation"] > 0
+    assert summary["source"] == "synthetic" and summary["clips"] == 11 * 25
+    assert summary["backgrounds"] == 75 and summary["splits"]["validation"] > 0
     # Two kinds are held out whole: the demo's open-vocabulary set exists without apt too.
-    assert summary["splits"]["novel"] == 2 * 25 and summary["unseen_captions"] == 2
+    # So is a foreign package: three kinds under new captions, never trained on.
+    assert summary["splits"]["novel"] == 2 * 25 and summary["splits"]["foreign"] == 3 * 25
+    assert summary["unseen_captions"] == 5 and summary["foreign_captions_in_training"] == 0

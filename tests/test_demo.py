@@ -1,8 +1,9 @@
-"""``make demo`` at tiny scale: corpus fallback → two trainings → export → evaluation → detect.
+"""``make demo`` at tiny scale: corpus fallback → three trainings → export → evaluation → detect.
 
 The corpus is the synthesised fallback (CI has no Debian sound packages); the training runs
-are ``cpu_demo.py:tiny`` and ``cpu_demo.py:tiny,ablation`` through ``flam-train``, with the
-real model (MiniLM-L6's real weights), losses and Grain pipeline.
+are ``cpu_demo.py:tiny,global``, then ``cpu_demo.py:tiny`` and ``cpu_demo.py:tiny,ablation``
+started from its export, through ``flam-train``, with the real model (MiniLM-L6's real
+weights), losses and Grain pipeline.
 """
 
 import json
@@ -37,10 +38,9 @@ def test_demo_prints_its_table_and_writes_what_it_lists(demo):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["corpus"] == "synthetic"
     assert [(r["run"], r["set"]) for r in summary["rows"]] == [
-        ("flam", "seen"),
-        ("flam", "novel"),
-        ("no_per_text", "seen"),
-        ("no_per_text", "novel"),
+        (run, held_out)
+        for run in ("global", "flam", "no_per_text")
+        for held_out in ("seen", "novel", "foreign")
     ]
     for row in summary["rows"]:
         auroc = row["metrics"]["frame_auroc_micro"]
@@ -49,12 +49,14 @@ def test_demo_prints_its_table_and_writes_what_it_lists(demo):
     # The novel set's queries are captions no training clip has.
     corpus = workdir.parent / "cache" / "demo_corpus"
     unseen = set((corpus / "unseen_captions.txt").read_text().split("\n")) - {""}
-    assert unseen == {"a bell ringing", "rapid knocking"}
+    foreign = {"an electronic tone", "a whistle sliding upwards", "a light drizzle"}
+    assert unseen == {"a bell ringing", "rapid knocking"} | foreign
     truth = json.loads((workdir / "detect" / "truth.json").read_text())
     assert truth["events"] and truth["frame_s"] == 0.3125
     for event in truth["events"]:
         assert 0 <= event["onset_s"] < event["offset_s"] <= 10.0
         assert event["caption"] in summary["detection"]["queries"]
+        assert event["caption"] in foreign  # the picture is of a foreign-set mixture
     png = workdir / "detect" / "detection.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     detection = json.loads((workdir / "detect" / "detection.json").read_text())
@@ -68,9 +70,16 @@ def test_demo_trainings_differ_only_in_the_per_text_terms(demo):
     _, workdir, _ = demo
     flam = json.loads((workdir / "flam" / "config.json").read_text())
     ablation = json.loads((workdir / "no_per_text" / "config.json").read_text())
+    global_ = json.loads((workdir / "global" / "config.json").read_text())
     assert flam["model"]["per_text_scale"] and flam["model"]["per_text_bias"]
     assert not ablation["model"]["per_text_scale"] and not ablation["model"]["per_text_bias"]
     assert flam["model"]["text_tower"] == "minilm-l6"
+    # FLAM-Global trains the global loss alone; both FLAM runs start from its export.
+    assert global_["loss"]["w_sed"] == global_["loss"]["w_prior"] == 0.0 and global_["loss"]["w_clip"] > 0
+    for run in (flam, ablation):
+        assert run["train"]["init_from"] == str(workdir / "global" / "export")
+        assert run["model"]["text_weights"] == ""  # the text tower comes from that export too
+    assert ablation["train"]["init_exclude"] and not flam["train"]["init_exclude"]
     for run in ("flam", "no_per_text"):
         rows = [json.loads(line) for line in open(workdir / run / "metrics.jsonl")]
         assert [r["step"] for r in rows] == [1, 2, 3]
@@ -102,12 +111,21 @@ def test_second_run_reuses_corpus_training_and_exports(demo, capsys):
     cache, workdir, _ = demo
     before = os.path.getmtime(cache / "demo_corpus" / "summary.json")
     demo_lib.ensure_corpus(str(cache), synthetic=True)
-    spec = demo_lib.experiment_spec("tiny", ablation=False)
+    spec = demo_lib.experiment_spec("tiny", "")
     step = demo_lib.train(spec, str(workdir / "flam"), str(cache / "tfds"))
     demo_lib.export(str(workdir / "flam"), str(workdir / "flam" / "export"), step)
     out = capsys.readouterr().out
     assert step == 3 and out.count("reusing") == 3, out
     assert os.path.getmtime(cache / "demo_corpus" / "summary.json") == before
+    # The evaluation of an unchanged export is read back, not recomputed.
+    sets = demo_lib.held_out_sets(str(cache / "tfds"))
+    export = str(workdir / "flam" / "export")
+    rows = demo_lib.evaluate(export, sets, 4, str(workdir / "eval" / "flam"), "flam", "FLAM", "unbiased")
+    out = capsys.readouterr().out
+    assert out.count("evaluation: reusing") == 3 and "evaluated" not in out, out
+    summary = json.loads((workdir / "summary.json").read_text())
+    first = [r["metrics"] for r in summary["rows"] if r["run"] == "flam"]
+    assert [r.metrics["frame_auroc_micro"] for r in rows] == [m["frame_auroc_micro"] for m in first]
 
 
 def test_unknown_scale_is_one_line_error(capsys):

@@ -13,7 +13,7 @@ from flam_jax.evals.benchmarks import BENCHMARKS, get_benchmark
 from flam_jax.evals.report import markdown_table
 from flam_jax.evals.runner import evaluate
 from flam_jax.evals.zeroshot import DEFAULT_TEMPLATE
-from flam_jax.infer.api import FLAM
+from flam_jax.infer.api import FLAM, check_method
 
 
 def _parse(argv):
@@ -30,6 +30,9 @@ def _parse(argv):
     parser.add_argument("--mixtures", type=int, default=200, help="simulated: number of mixtures")
     parser.add_argument("--seed", type=int, default=0, help="simulated: mixture seed")
     parser.add_argument(
+        "--method", default="unbiased", help="SED frame scores: unbiased, approximate or cosine (FLAM-Global)"
+    )
+    parser.add_argument(
         "--label-names", default=None, help="label to display-name file (default: AudioSet's, if in DATA_DIR)"
     )
     parser.add_argument(
@@ -42,6 +45,7 @@ def _parse(argv):
 def main(argv=None) -> int:
     args = _parse(argv)
     get_benchmark(args.benchmark)  # fail on a typo before loading the model
+    check_method(args.method)
     model = FLAM.load(args.model)
     out = args.out or os.path.join("flam_eval", args.benchmark)
     result = evaluate(
@@ -57,6 +61,7 @@ def main(argv=None) -> int:
         cache_dir=args.cache_dir,
         label_file=args.label_names,
         progress=True,
+        method=args.method,
     )
     print(markdown_table(result))
     print(f"report written to {out}")

@@ -83,8 +83,11 @@ def _embed_texts(model, texts: Sequence[str]) -> list:
     return [model.embed_text(list(texts[i : i + TEXT_CHUNK])) for i in range(0, len(texts), TEXT_CHUNK)]
 
 
-def score_items(model, items: Sequence[Item], queries: Sequence[str], batch_size: int, progress: bool):
-    """Frame scores [windows, queries, F] for every SED window, and each window's (item, k)."""
+def score_items(
+    model, items: Sequence[Item], queries: Sequence[str], batch_size: int, progress: bool, method="unbiased"
+):
+    """Frame scores [windows, queries, F] for every SED window, and each window's (item, k);
+    ``method`` is ``FLAM.frame_scores``'s ("cosine" for a FLAM-Global model)."""
     text_chunks = _embed_texts(model, queries)
     index = [(i, k) for i, item in enumerate(items) for k in range(len(sed_window_starts(item.num_samples)))]
 
@@ -97,7 +100,7 @@ def score_items(model, items: Sequence[Item], queries: Sequence[str], batch_size
     with _progress(len(index), "scoring", progress) as bar:
         for owners, batch in _batches(windows(), batch_size):
             audio = model.embed_audio(batch)
-            block = np.concatenate([np.asarray(model.frame_scores(audio, t)) for t in text_chunks], 1)
+            block = np.concatenate([np.asarray(model.frame_scores(audio, t, method)) for t in text_chunks], 1)
             scores.append(block[: len(owners)])
             bar.update(len(owners))
     return np.concatenate(scores).astype(np.float32), index
@@ -182,15 +185,16 @@ def sed_metrics(
         curves["frame_f1"]["macro"][np.argmin(np.abs(F1_GRID - THRESHOLD))]
     )
     metrics["best_frame_f1_threshold"] = float(F1_GRID[best])
+    metrics["best_frame_f1_macro"] = float(curves["frame_f1"]["macro"][best])
     return metrics, curves
 
 
-def run_sed(model, items, bench: Benchmark, batch_size: int, progress: bool, names: dict[str, str]):
+def run_sed(model, items, bench: Benchmark, batch_size: int, progress: bool, names: dict[str, str], method):
     class_names = sorted({e[2] for item in items for e in item.events})
     if not class_names:
         raise InputError(f"{bench.name}: no events in this split, nothing to detect")
     queries = [humanise_label(names.get(c, c)) for c in class_names]
-    scores, index = score_items(model, items, queries, batch_size, progress)
+    scores, index = score_items(model, items, queries, batch_size, progress, method)
     events = [window_events(items[i].events, k) for i, k in index]
     metrics, curves = sed_metrics(scores, events, class_names, bench.auroc)
     examples = _examples(scores, events, class_names, [f"{items[i].id}@{10 * k}s" for i, k in index])
@@ -245,14 +249,16 @@ def run_zeroshot(model, items, bench: Benchmark, batch_size: int, progress: bool
     return metrics, {}, []
 
 
-def run_simulated(model, source, bench: Benchmark, batch_size: int, progress: bool, count: int, seed: int):
+def run_simulated(
+    model, source, bench: Benchmark, batch_size: int, progress: bool, count: int, seed: int, method="unbiased"
+):
     mixtures = simulate_mixtures(RecordPool.from_records(source), count, seed)
     queries, labels = mixture_queries(mixtures)
     items = [
         Item(id=f"mixture{m:05d}", audio=(lambda m=m: mixtures[m].audio), num_samples=WINDOW_SAMPLES)
         for m in range(len(mixtures))
     ]
-    scores, _ = score_items(model, items, queries, batch_size, progress)
+    scores, _ = score_items(model, items, queries, batch_size, progress, method)
     events = _labels_to_events(labels, queries)
     metrics, curves = sed_metrics(scores, events, queries, bench.auroc)
     metrics.update(mixtures=count, seed=seed)
@@ -281,6 +287,7 @@ def evaluate(
     cache_dir: str | None = None,
     label_file: str | None = None,
     progress: bool = False,
+    method: str = "unbiased",
 ) -> dict:
     """Run ``benchmark`` with ``model``; returns the metrics and writes the report to ``out_dir``."""
     bench = get_benchmark(benchmark)
@@ -290,10 +297,14 @@ def evaluate(
     if len(source) == 0:
         raise InputError(f"{bench.name}: split {used_split!r} is empty")
     if bench.task == "sed-open":
-        metrics, curves, examples = run_simulated(model, source, bench, batch_size, progress, mixtures, seed)
+        metrics, curves, examples = run_simulated(
+            model, source, bench, batch_size, progress, mixtures, seed, method
+        )
     elif bench.task == "sed":
         names = label_names(data_dir, label_file)
-        metrics, curves, examples = run_sed(model, read_items(source), bench, batch_size, progress, names)
+        metrics, curves, examples = run_sed(
+            model, read_items(source), bench, batch_size, progress, names, method
+        )
     elif bench.task == "retrieval":
         metrics, curves, examples = run_retrieval(model, read_items(source), bench, batch_size, progress)
     else:

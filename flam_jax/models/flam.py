@@ -161,13 +161,19 @@ def frame_scores(
     "unbiased": s = σ(z) / (σ(z) + σ(β)) with z = α·cos + β, computed as
     σ(log σ(z) − log σ(β)), which is the same number without underflow at large |z|.
     "approximate": σ(α·cos), valid only when β ≪ 0.
+    "cosine": (1 + cos) / 2, ignoring α and β: the frame scores of a model trained with the
+    global loss alone (FLAM-Global), whose heads never learned (the paper's baseline).
     """
     cos = jnp.einsum("bfd,nd->bnf", frames, emb, precision=jax.lax.Precision.HIGHEST)
+    if method == "cosine":
+        return (1.0 + cos) / 2.0
     scaled = alpha[None, :, None] * cos
     if method == "approximate":
         return jax.nn.sigmoid(scaled)
     if method != "unbiased":
-        raise InputError(f"frame_scores: method must be 'unbiased' or 'approximate', got {method!r}")
+        raise InputError(
+            f"frame_scores: method must be 'unbiased', 'approximate' or 'cosine', got {method!r}"
+        )
     bias = beta[None, :, None]
     return jax.nn.sigmoid(jax.nn.log_sigmoid(scaled + bias) - jax.nn.log_sigmoid(bias))
 

@@ -45,15 +45,29 @@ def _builder(kind: str, data_dir: str, config: str | None):
     return cls(data_dir=local, file_format="array_record", **kwargs)
 
 
-def build(kind: str, manual_dir: str, data_dir: str, config: str | None = None, *, progress: bool = False):
+def build(
+    kind: str,
+    manual_dir: str,
+    data_dir: str,
+    config: str | None = None,
+    *,
+    progress: bool = False,
+    overwrite: bool = False,
+):
     """Encode a manual directory into ArrayRecord files under ``data_dir`` and index every
-    split (``progress``: the index's progress bar); returns the builder."""
+    split (``progress``: the index's progress bar); returns the builder. A dataset already
+    built there is kept as it is (TFDS's rule) unless ``overwrite``: then it is generated
+    again from the manual directory, which is what a changed manual directory needs."""
     if not paths.isdir(manual_dir):  # local or remote: the builders read it through paths
         raise DataError(f"manual directory not found: {manual_dir}")
     builder = _builder(kind, data_dir, config)
     tfds.disable_progress_bar()
+    mode = tfds.download.GenerateMode
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir),
+            download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+        )
     )
     dataset = f"{kind}/{config}" if config else kind
     for split in builder.info.splits:
