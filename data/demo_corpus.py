@@ -437,8 +437,7 @@ def _wanted(name: str, spec: Package) -> bool:
     return (
         name.lower().endswith((*AUDIO_EXTENSIONS, ".cat"))
         or name == f"usr/share/doc/{spec.name}/copyright"
-        or (bool(spec.archive)
-        and name == spec.archive)
+        or (bool(spec.archive) and name == spec.archive)
     )
 
 

@@ -401,7 +401,11 @@ def _runs(names: str) -> list[tuple]:
 
 def start_from(global_export: str, model_variant: str) -> tuple[str, ...]:
     """Flags that start a FLAM run from the FLAM-Global export, text tower included."""
-    flags = [f"--config.train.init_from={global_export}", "--config.model.text_weights="]
+    flags = [
+        f"--config.train.init_from={global_export}",
+        "--config.model.text_weights=",
+        f"--config.model.tokenizer={os.path.join(global_export, 'tokenizer')}",
+    ]
     if model_variant == "ablation":
         flags.append(f"--config.train.init_exclude={HEADS}")
     return tuple(flags)
@@ -439,7 +443,9 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/flam_jax"), help="corpus cache")
     p.add_argument("--scale", default="full", help="full (the demo) or tiny (a few steps, for CI)")
     p.add_argument("--synthetic", action="store_true", help="synthesised events instead of Debian packages")
-    p.add_argument("--runs", default="", help="only these models, e.g. flam (FLAM-Global always: their start)")
+    p.add_argument(
+        "--runs", default="", help="only these models, e.g. flam (FLAM-Global, their start, always)"
+    )
     args = p.parse_args(argv)
     run_demo(args.workdir, args.cache_dir, args.scale, args.synthetic, args.runs)
     return 0
