@@ -6,11 +6,12 @@ An application of the repository (it runs ``data/demo_corpus.py`` and trains
 ``experiments/cpu_demo.py``), so it lives beside them rather than in the package.
 
 The three models of the paper's two comparisons, trained on one corpus with one budget:
-  global       FLAM-Global: the global contrastive loss only (``cpu_demo.py:global``); its
-               frame scores are (1 + cos) / 2 of each projected frame with the text
-               (``frame_scores(method="cosine")``);
-  flam         FLAM, started from the FLAM-Global export (the paper's initialisation);
-  no_per_text  FLAM without per-text α, β, started from it too (its heads left out).
+  global       FLAM-Global: the global contrastive loss only (``cpu_demo.py:global``, 450
+               steps of 12 pairs); its frame scores are (1 + cos) / 2 of each projected
+               frame with the text (``frame_scores(method="cosine")``);
+  flam         FLAM, started from FLAM-Global's step 150 (the paper's initialisation), then
+               300 steps of 8 mixtures + 4 pairs: the same clips through the audio tower;
+  no_per_text  FLAM without per-text α, β, started there too (its heads left out).
 
 Every stage reuses what an earlier run finished: the corpus (its built TFDS dataset), each
 training run (its final checkpoint; an interrupted run resumes), each export and each
@@ -344,12 +345,17 @@ def run_demo(workdir: str, cache_dir: str, scale: str, synthetic: bool = False, 
     data_dir = os.path.join(cache_dir, "tfds")
     clock["corpus"] = time.time()
     _claim_workdir(workdir, summary["source"])
-    exports = {}
+    exports, start = {}, ""
     for name, _, model_variant, _ in wanted:
         run_dir = os.path.join(workdir, name)
-        overrides = () if name == RUNS[0][0] else start_from(exports[RUNS[0][0]], model_variant)
-        step = train(experiment_spec(variant, model_variant), run_dir, data_dir, overrides)
+        spec = experiment_spec(variant, model_variant)
+        overrides = start_from(start, model_variant) if start else ()
+        step = train(spec, run_dir, data_dir, overrides)
         exports[name] = export(run_dir, os.path.join(run_dir, "export"), step)
+        if not start:
+            # The others start from FLAM-Global's first kept checkpoint (cpu_demo.py:global).
+            first = min(step, load_experiment(spec).train.ckpt_every)
+            start = export(run_dir, os.path.join(run_dir, f"export-{first}"), first)
         clock[f"train_{name}"] = time.time()
     sets = held_out_sets(data_dir)
     rows = []

@@ -2,7 +2,7 @@
 
 The corpus is the synthesised fallback (CI has no Debian sound packages); the training runs
 are ``cpu_demo.py:tiny,global``, then ``cpu_demo.py:tiny`` and ``cpu_demo.py:tiny,ablation``
-started from its export, through ``flam-train``, with the real model (MiniLM-L6's real
+started from its step-2 export, through ``flam-train``, with the real model (MiniLM-L6's real
 weights), losses and Grain pipeline.
 """
 
@@ -71,17 +71,22 @@ def test_demo_prints_its_table_and_writes_what_it_lists(demo):
 
 
 def test_demo_trainings_differ_only_in_the_per_text_terms(demo):
-    _, workdir, _ = demo
+    from flam_jax.export.params import checkpoint_steps
+
+    _, workdir, stdout = demo
     flam = json.loads((workdir / "flam" / "config.json").read_text())
     ablation = json.loads((workdir / "no_per_text" / "config.json").read_text())
     global_ = json.loads((workdir / "global" / "config.json").read_text())
     assert flam["model"]["per_text_scale"] and flam["model"]["per_text_bias"]
     assert not ablation["model"]["per_text_scale"] and not ablation["model"]["per_text_bias"]
     assert flam["model"]["text_tower"] == "minilm-l6"
-    # FLAM-Global trains the global loss alone; both FLAM runs start from its export.
+    # FLAM-Global trains the global loss alone; both FLAM runs start from its first kept
+    # checkpoint (step 2 of 3 here), exported beside its final one.
     assert global_["loss"]["w_sed"] == global_["loss"]["w_prior"] == 0.0 and global_["loss"]["w_clip"] > 0
+    assert checkpoint_steps(str(workdir / "global")) == [2, 3]
+    assert str(workdir / "global" / "export-2") in stdout
     for run in (flam, ablation):
-        assert run["train"]["init_from"] == str(workdir / "global" / "export")
+        assert run["train"]["init_from"] == str(workdir / "global" / "export-2")
         assert run["model"]["text_weights"] == ""  # the text tower comes from that export too
     assert ablation["train"]["init_exclude"] and not flam["train"]["init_exclude"]
     for run in ("flam", "no_per_text"):

@@ -21,6 +21,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from flam_jax import paths
@@ -63,15 +64,16 @@ def restore_weights(state_dir: str) -> dict[str, np.ndarray]:
     # Orbax reads a relative path's metadata as missing (a TypeError deep inside).
     state_dir = paths.resolve(state_dir)
     try:
-        checkpointer = ocp.PyTreeCheckpointer()
-        meta = checkpointer.metadata(state_dir)
-        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        # The handler, not a Checkpointer: the item folder has no step metadata of its own,
+        # and a Checkpointer warns about that on every read.
+        handler = ocp.PyTreeCheckpointHandler()
+        tree = handler.metadata(epath.Path(state_dir)).tree
         wanted = {key: dict(tree[key]) for key in ("params", "extra") if key in tree}
         if "params" not in wanted:
             raise CheckpointError(f"checkpoint {state_dir} has no params")
         restore_args = jax_tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-        restored = checkpointer.restore(
-            state_dir,
+        restored = handler.restore(
+            epath.Path(state_dir),
             args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
         )
     except CheckpointError:

@@ -23,7 +23,6 @@ refuse to save over, to ``checkpoints/superseded/<step>-<time>`` (``supersede``)
 only counts folders named by a number, so it neither lists nor prunes them there.
 """
 
-import logging
 import re
 import time
 from typing import Any
@@ -42,18 +41,6 @@ SUPERSEDED = "superseded"
 # Tensorstore appends its whole JSON spec to an error, hundreds of characters of no use to a reader.
 _SPEC_TAIL = re.compile(r"\s*\[[a-z_]+=.*$", re.S)
 _QUOTED = re.compile(r'"([^"]+)"')
-
-
-class _FreshStepMetadata(logging.Filter):
-    """Drops Orbax's "Metadata file does not exist" warning: it looks for a step's metadata
-    file while saving that very step, before writing it, so every save of a fresh step
-    warned about nothing wrong (its other warnings pass)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Metadata file does not exist")
-
-
-logging.getLogger("absl").addFilter(_FreshStepMetadata())
 
 
 def _describe(tree) -> dict[str, tuple]:
