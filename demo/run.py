@@ -30,6 +30,7 @@ Backgrounds of the validation split serve seen and novel (background captions ar
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -80,8 +81,11 @@ def say(message: str) -> None:
 
 
 def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
-    """The demo corpus's summary; builds corpus + TFDS dataset unless both already exist."""
+    """The demo corpus's summary; builds corpus + TFDS dataset unless both already exist,
+    built by the current recipe (a corpus of an older recipe is rebuilt: the unpacked
+    packages are kept, so that takes seconds, not a download)."""
     summary_path = os.path.join(cache_dir, "demo_corpus", "summary.json")
+    recipe_path = os.path.join(cache_dir, "demo_corpus", "recipe.txt")
     data_dir = os.path.join(cache_dir, "tfds")
     if os.path.exists(summary_path):
         with open(summary_path) as f:
@@ -92,23 +96,45 @@ def ensure_corpus(cache_dir: str, synthetic: bool) -> dict:
             built = True
         except DataError:
             built = False  # corpus present but its dataset is not: build both again
-        if wanted and built:
+        current = _read_text(recipe_path) == corpus_recipe()
+        if wanted and built and current:
             say(f"corpus: reusing {os.path.dirname(summary_path)} ({summary['source']})")
             _ensure_indexes(data_dir)
             return summary
+        if wanted and built:
+            say("corpus: built by another recipe (demo_corpus.py or demo_sounds.toml changed): rebuilding")
     cmd = [sys.executable, os.path.join(ROOT, "data", "demo_corpus.py"), "--cache-dir", cache_dir, "--build"]
     if synthetic:
         say("corpus: synthesising captioned events (--synthetic)")
         _run([*cmd, "--synthetic"], "building the synthetic demo corpus")
     else:
-        say("corpus: building from Debian sound packages (about a minute)")
+        say("corpus: building from Debian sound packages (about 3 GB of downloads, a few minutes)")
         try:
             _run(cmd, "building the demo corpus")
         except DataError as err:  # apt present but the archive unreachable, say
             say(f"corpus: {err}; falling back to synthesised captioned events")
             _run([*cmd, "--synthetic"], "building the synthetic demo corpus")
+    with open(recipe_path, "w") as f:
+        f.write(corpus_recipe())
     with open(summary_path) as f:
         return json.load(f)
+
+
+def corpus_recipe() -> str:
+    """What the corpus is built by: a digest of the corpus script and its caption tables."""
+    digest = hashlib.sha256()
+    for name in ("demo_corpus.py", "demo_sounds.toml"):
+        with open(os.path.join(ROOT, "data", name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def _ensure_indexes(data_dir: str) -> None:
@@ -418,20 +444,26 @@ def start_from(global_export: str, model_variant: str) -> tuple[str, ...]:
 
 
 def _claim_workdir(workdir: str, corpus: str) -> None:
-    """Runs trained on one corpus are never reused with another."""
+    """Runs trained on one corpus (its sources and recipe) are never reused with another."""
     path = os.path.join(workdir, "corpus.json")
+    claim = {"source": corpus, "recipe": corpus_recipe()}
     if os.path.exists(path):
         with open(path) as f:
-            trained_on = json.load(f)["source"]
-        if trained_on != corpus:
+            trained_on = json.load(f)
+        if trained_on.get("source") != corpus:
             raise InputError(
-                f"{workdir} holds runs trained on the {trained_on} corpus, not {corpus}: "
+                f"{workdir} holds runs trained on the {trained_on.get('source')} corpus, not {corpus}: "
+                "use another --workdir or delete it"
+            )
+        if trained_on.get("recipe") != claim["recipe"]:
+            raise InputError(
+                f"{workdir} holds runs trained on the corpus of an older demo recipe: "
                 "use another --workdir or delete it"
             )
         return
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"source": corpus}, f)
+        json.dump(claim, f)
 
 
 def _first_caption(source: Subset) -> str:

