@@ -54,6 +54,9 @@ def base_config() -> ConfigDict:
     c.data.global_dataset = "clips"  # builder kind[/config] of the global batch's pairs
     c.data.split = "train"  # split both training pipelines read
     c.data.max_events = 10  # N ~ U(1, max_events) events per simulated mixture
+    # Probability that a training mixture or pair is low-passed at 4-11 kHz (data/augment.py);
+    # 0 = the spec's recipe.
+    c.data.band_limit = 0.0
     # "host": each host draws a mixture's events from its own shard of the epoch's clips
     # (reads ~1/process_count of the corpus); "corpus": from every clip (data/sampling.py).
     c.data.sampling = "host"
@@ -156,6 +159,7 @@ def validate(config: ConfigDict) -> ConfigDict:
         (config.data.global_batch >= 0, "data.global_batch must be >= 0"),
         (0 < config.data.frame_label_min_overlap <= 1, "data.frame_label_min_overlap must be in (0, 1]"),
         (config.data.max_events >= 1, "data.max_events must be >= 1"),
+        (0.0 <= config.data.band_limit <= 1.0, "data.band_limit must be in [0, 1]"),
         (config.data.max_decode_errors >= 0, "data.max_decode_errors must be >= 0"),
         (config.data.workers >= 0, "data.workers must be >= 0"),
         (config.train.init_from or not config.train.init_exclude, "train.init_exclude needs train.init_from"),

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from flam_jax.data import batches, pools
+from flam_jax.data import augment, batches, pools
 from flam_jax.data import simulate as sim
 from flam_jax.data.index import as_text
 from flam_jax.data.sampling import GLOBAL_STREAM, SED_STREAM, EventCandidates, HostSampler
@@ -54,11 +54,15 @@ class _Simulate:
     cfg: sim.SimulatorConfig
     sampler: HostSampler
     candidates: EventCandidates
+    band_limit: float = 0.0  # data.band_limit (training only)
 
     def __call__(self, i) -> sim.Mixture:
         element = self.sampler.element(i)
         events = self.candidates(element.epoch)
-        return sim.simulate(self.pool, self.sampler.rng(element), self.cfg, element.primary, events=events)
+        rng = self.sampler.rng(element)
+        mixture = sim.simulate(self.pool, rng, self.cfg, element.primary, events=events)
+        mixture.audio = augment.band_limit(mixture.audio, self.band_limit, rng)
+        return mixture
 
 
 @dataclasses.dataclass
@@ -68,6 +72,7 @@ class _Pair:
     sampler: HostSampler
     candidates: EventCandidates
     retries: int = 3
+    band_limit: float = 0.0  # data.band_limit (training only)
 
     def __call__(self, i) -> batches.Pair:
         element = self.sampler.element(i)
@@ -85,6 +90,7 @@ class _Pair:
                 continue
             captions = self.pool.captions(index)
             caption = captions[int(rng.integers(len(captions)))] if captions else ""
+            audio = augment.band_limit(audio, self.band_limit, rng)
             return batches.Pair(audio, caption, self.pool.name(index), errors)
         raise DataError(f"global batch: {len(errors)} records in a row failed to decode: {errors}")
 
@@ -208,11 +214,13 @@ def sed_dataset(
     process_count: int = 1,
     num_epochs: int | None = None,
     sampling: str = "host",
+    band_limit: float = 0.0,
 ) -> Stream:
     """This host's batches of simulated mixtures, as (SED batch, info) (element i:
-    ``HostSampler.element(i)``; ``num_epochs=None`` repeats forever)."""
+    ``HostSampler.element(i)``; ``num_epochs=None`` repeats forever; ``band_limit``: the
+    probability of ``augment.band_limit`` for a mixture)."""
     sampler = HostSampler(len(pool), seed, SED_STREAM, process_index, process_count, sampling)
-    element = _Simulate(pool, cfg, sampler, EventCandidates(sampler, pool.event_indices))
+    element = _Simulate(pool, cfg, sampler, EventCandidates(sampler, pool.event_indices), band_limit)
     return Stream(sampler, element, spec.clips, _SedBatch(tokenizer, spec), num_epochs)
 
 
@@ -248,11 +256,12 @@ def global_dataset(
     process_count: int = 1,
     num_epochs: int | None = None,
     sampling: str = "host",
+    band_limit: float = 0.0,
 ) -> Stream:
     """This host's batches of audio–caption pairs, as (global batch, info)."""
     sampler = HostSampler(len(pool), seed, GLOBAL_STREAM, process_index, process_count, sampling)
     candidates = EventCandidates(sampler, np.flatnonzero(pool.index.readable))  # replacements
-    element = _Pair(pool, num_samples, sampler, candidates)
+    element = _Pair(pool, num_samples, sampler, candidates, band_limit=band_limit)
     return Stream(sampler, element, batch_size, _GlobalBatch(tokenizer), num_epochs)
 
 
@@ -465,7 +474,13 @@ def sed_iterator(
     else:
         _warn_backgrounds(pool, config, dataset_name)
         dataset = sed_dataset(
-            pool, tokenizer, spec, simulator_config(config), sampling=config.data.sampling, **kwargs
+            pool,
+            tokenizer,
+            spec,
+            simulator_config(config),
+            sampling=config.data.sampling,
+            band_limit=config.data.band_limit,
+            **kwargs,
         )
     return DataIterator(
         dataset,
@@ -495,6 +510,7 @@ def global_iterator(
         process_count=count,
         num_epochs=num_epochs,
         sampling=config.data.sampling,
+        band_limit=config.data.band_limit,
     )
     return DataIterator(
         dataset,
