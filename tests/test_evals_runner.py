@@ -53,8 +53,10 @@ class EnergyFLAM:
             texts=list(texts), emb=emb, alpha=np.full(len(texts), 10.0), beta=np.full(len(texts), -5.0)
         )
 
-    def frame_scores(self, audio, text):
+    def frame_scores(self, audio, text, method="unbiased"):
         cos = np.einsum("bfd,nd->bnf", audio.frames, text.emb)
+        if method == "cosine":
+            return (1 + cos) / 2
         return 1 / (1 + np.exp(-(text.alpha[None, :, None] * cos + text.beta[None, :, None])))
 
 
