@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -89,6 +90,9 @@ def test_demo_trainings_differ_only_in_the_per_text_terms(demo):
         assert run["train"]["init_from"] == str(workdir / "global" / "export-2")
         assert run["model"]["text_weights"] == ""  # the text tower comes from that export too
     assert ablation["train"]["init_exclude"] and not flam["train"]["init_exclude"]
+    # The two FLAM runs train side by side, each line of their logs marked with its run.
+    for run in ("flam", "no_per_text"):
+        assert any(line.startswith(f"[{run}] step 3") for line in stdout.splitlines()), run
     for run in ("flam", "no_per_text"):
         rows = [json.loads(line) for line in open(workdir / run / "metrics.jsonl")]
         assert [r["step"] for r in rows] == [1, 2, 3]
@@ -186,3 +190,41 @@ def test_a_corpus_of_another_recipe_is_rebuilt_and_its_runs_refused(tmp_path, mo
     (workdir / "corpus.json").write_text('{"source": "debian:a,b", "recipe": "an older recipe"}')
     with pytest.raises(InputError, match="older demo recipe"):
         demo_lib._claim_workdir(str(workdir), "debian:a,b")
+
+
+def test_side_by_side_commands_run_at_once_with_their_lines_prefixed(tmp_path, capsys):
+    from demo import run as demo_lib
+
+    # Each waits for the other's file: run one after the other, they would not meet.
+    meet = textwrap.dedent(
+        """
+        import os, sys, time
+        open(sys.argv[1], "w").close()
+        start = time.time()
+        while not os.path.exists(sys.argv[2]) and time.time() - start < 60:
+            time.sleep(0.05)
+        print("met" if os.path.exists(sys.argv[2]) else "alone")
+        print("done")
+        sys.exit(int(sys.argv[3]))
+        """
+    )
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    codes = demo_lib.run_side_by_side(
+        {"one": [sys.executable, "-c", meet, a, b, "0"], "two": [sys.executable, "-c", meet, b, a, "3"]}
+    )
+    assert codes == {"one": 0, "two": 3}
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(lines) == ["[one] done", "[one] met", "[two] done", "[two] met"]
+
+
+def test_a_failed_side_by_side_training_names_itself(tmp_path, monkeypatch):
+    from demo import run as demo_lib
+    from flam_jax.errors import DataError
+
+    monkeypatch.setattr(
+        demo_lib, "run_side_by_side", lambda commands: {n: 0 if n == "flam" else 1 for n in commands}
+    )
+    spec = demo_lib.experiment_spec("tiny", "")
+    runs = {name: (spec, str(tmp_path / name), ()) for name in ("flam", "no_per_text")}
+    with pytest.raises(DataError, match=r"^training failed: no_per_text \(exit 1\); see the output above$"):
+        demo_lib.train_side_by_side(runs, str(tmp_path / "data"))
