@@ -16,6 +16,8 @@ $(STAMP): requirements.txt requirements-demo.txt requirements-test.txt pyproject
 	# openflam 1.0.2 pins torch<2.8 and numpy<2, which are stale: it runs with the
 	# pinned torch and numpy above, so install it without its declared dependencies.
 	$(PIP) install -q --no-deps openflam==1.0.2
+	# datasets 4.8.5 (test fixtures only) pins fsspec<=2026.2.0; gcsfs needs a newer one.
+	$(PIP) install -q --no-deps datasets==4.8.5
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 

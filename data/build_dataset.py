@@ -1,9 +1,12 @@
-"""Build one TFDS dataset (ArrayRecord, FLAC audio at 48 kHz) from a local manual directory.
+"""Build one TFDS dataset (ArrayRecord, FLAC audio at 48 kHz) from a manual directory (local or gs://).
 
     python data/build_dataset.py --kind=clips --manual-dir=DIR --data-dir=TFDS_DIR
     python data/build_dataset.py --kind=pairs --config=clotho --manual-dir=DIR --data-dir=TFDS_DIR
+    python data/build_dataset.py --kind=captioned --config=webdataset --manual-dir=gs://b/wavcaps --data-dir=D
 
-Kinds: clips, strong, pairs (audiocaps|clotho), classification (esc50|urbansound8k).
+Kinds: clips, strong, pairs (audiocaps|clotho), classification (esc50|urbansound8k),
+captioned (webdataset|huggingface|wavcaps|fsd50k). Items without audio or caption and
+undecodable clips are skipped and named at the end; more than --max-errors stop the build.
 """
 
 import argparse
@@ -21,11 +24,22 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None, help="layout for pairs/classification")
     parser.add_argument("--manual-dir", required=True, help="folder with the manifest/tables and audio")
     parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write into")
+    parser.add_argument("--max-errors", type=int, default=100, help="skipped items tolerated")
+    parser.add_argument("--workers", type=int, default=0, help="encoding processes (0: this one)")
     args = parser.parse_args(argv)
 
     from flam_jax.data import builders
 
-    builder = builders.build(args.kind, args.manual_dir, args.data_dir, args.config, progress=True)
+    builder = builders.build(
+        args.kind,
+        args.manual_dir,
+        args.data_dir,
+        args.config,
+        progress=True,
+        max_errors=args.max_errors,
+        workers=args.workers,
+    )
+    print(builder.skips.summary())
     for name, split in builder.info.splits.items():
         print(
             f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''} {name}: "

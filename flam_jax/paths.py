@@ -91,6 +91,11 @@ def read_chunks(p: PathLike, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
+def open_stream(p: PathLike) -> BinaryIO:
+    """A file read once from start to end (a tar shard): the path layer's streaming object."""
+    return path(p).open("rb")
+
+
 # An object up to this size is fetched in one request by ``open_remote``.
 WHOLE_OBJECT_BYTES = 64 << 20
 

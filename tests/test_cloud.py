@@ -19,10 +19,12 @@ import time
 import numpy as np
 import pytest
 import soundfile
+import webdataset
 from data_fixtures import synthetic_clips
 from gcs_emulator import BUCKET, emulator
 
 from flam_jax import paths
+from flam_jax.audio import io as audio_io
 from flam_jax.data import builders, pools
 from flam_jax.errors import ConfigError
 
@@ -103,6 +105,25 @@ def dataset(gcs, tmp_path_factory):
     data_dir = str(root / "tfds")
     builders.build("clips", f"{GS}/manual", data_dir)
     return data_dir
+
+
+def test_webdataset_shards_are_streamed_from_the_bucket(gcs, tmp_path):
+    wave = (0.2 * np.sin(np.arange(24_000) * 0.05)).astype(np.float32)
+    local = tmp_path / "shards"
+    local.mkdir()
+    with webdataset.TarWriter(str(local / "s0.tar")) as sink:
+        for k in range(3):
+            sink.write(
+                {
+                    "__key__": f"c{k}",
+                    "flac": audio_io.encode_flac(wave * (k + 1) / 3),
+                    "json": {"text": "a hum"},
+                }
+            )
+    _upload(str(local), f"{GS}/shards")
+    builders.build("captioned", f"{GS}/shards", str(tmp_path / "tfds"), "webdataset")
+    source = builders.load("captioned", str(tmp_path / "tfds"), "train", "webdataset")
+    assert sorted(source[i]["id"].decode() for i in range(len(source))) == ["s0/c0", "s0/c1", "s0/c2"]
 
 
 def test_build_reads_its_input_from_the_bucket_and_a_bucket_dataset_dir_is_refused(dataset, capsys):

@@ -346,7 +346,7 @@ def test_cli_writes_report(tmp_path, monkeypatch, capsys):
 
 
 def test_label_names_files(tmp_path):
-    from flam_jax.evals.benchmarks import label_names
+    from flam_jax.data.builders.ontology import label_names
 
     assert label_names(str(tmp_path)) == {}
     (tmp_path / "class_labels_indices.csv").write_text(

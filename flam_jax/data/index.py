@@ -15,6 +15,9 @@ On disk (``<dataset version dir>/index/<split>/``)::
     tags.{ids,per_clip}.npy               int32 ids into meta's tag vocabulary, clip -> tag range
     sources.npy                           int32 ids into meta's source vocabulary
     levels.npy, levels.offsets.npy        float16 dB per window, clip -> window range
+    starts.npy                            float32 [n] seconds into the original recording
+                                          where a clip cut from a longer one begins (0 for
+                                          a whole file; absent in indexes written before it)
 
 Arrays are opened memory-mapped, so every Grain worker of a host shares one copy in the
 page cache and a pool pickles as a path. At 1.1M clips the index is ~0.3 GB plus ~1.7 GB
@@ -124,6 +127,7 @@ class ClipIndex:
     sources: np.ndarray
     levels: np.ndarray
     level_ranges: np.ndarray
+    starts: np.ndarray | None = None  # None: an index written before the column (all 0)
     path: str | None = None
 
     def __len__(self) -> int:
@@ -145,6 +149,10 @@ class ClipIndex:
 
     def source(self, i: int) -> str:
         return self.meta["source_vocab"][self.sources[i]]
+
+    def start_s(self, i: int) -> float:
+        """Where clip ``i`` begins in its original recording (build-time cuts), in seconds."""
+        return float(self.starts[i]) if self.starts is not None else 0.0
 
     def clip_levels(self, i: int) -> np.ndarray:
         return self.levels[self.level_ranges[i] : self.level_ranges[i + 1]]
@@ -189,6 +197,8 @@ def write_columns(index: ClipIndex, directory: str) -> None:
     os.makedirs(tmp)
     for attr, name in _ARRAYS.items():
         np.save(os.path.join(tmp, f"{name}.npy"), getattr(index, attr))
+    starts = index.starts if index.starts is not None else np.zeros(len(index), np.float32)
+    np.save(os.path.join(tmp, "starts.npy"), starts)
     for attr, name in _STRINGS.items():
         column = getattr(index, attr)
         np.save(os.path.join(tmp, f"{name}.bytes.npy"), column.blob)
@@ -212,6 +222,8 @@ def read_index(directory: str) -> ClipIndex:
             return np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r")
 
         arrays = {attr: load(name) for attr, name in _ARRAYS.items()}
+        if os.path.isfile(os.path.join(directory, "starts.npy")):
+            arrays["starts"] = load("starts")
         strings = {
             attr: _Strings(load(f"{name}.bytes"), load(f"{name}.offsets")) for attr, name in _STRINGS.items()
         }
@@ -241,8 +253,9 @@ class _Rows:
     readable: list = dataclasses.field(default_factory=list)
     levels: list = dataclasses.field(default_factory=list)  # flat float16 arrays
     level_counts: list = dataclasses.field(default_factory=list)
+    starts: list = dataclasses.field(default_factory=list)
 
-    TEXT = ("ids", "captions", "tags", "sources", "num_samples", "readable")
+    TEXT = ("ids", "captions", "tags", "sources", "num_samples", "readable", "starts")
 
     def add(self, record, position: int, default_source: str, window: int) -> None:
         name = as_text(record.get("id", position))
@@ -258,9 +271,10 @@ class _Rows:
             wave,
             window,
             int(record.get("num_samples", 0)),
+            float(record.get("start_s", 0.0)),
         )
 
-    def add_wave(self, name, captions, tags, source, wave, window, stored_length=0) -> None:
+    def add_wave(self, name, captions, tags, source, wave, window, stored_length=0, start_s=0.0) -> None:
         """One clip; ``wave`` None marks it unreadable (``stored_length`` is then kept)."""
         ok = wave is not None
         levels = window_levels(wave, window) if ok else np.zeros(0, np.float16)
@@ -272,6 +286,7 @@ class _Rows:
         self.readable.append(ok)
         self.levels.append(levels)
         self.level_counts.append(len(levels))
+        self.starts.append(start_s)
 
     def extend(self, other: "_Rows") -> None:
         for field in dataclasses.fields(self):
@@ -292,6 +307,7 @@ class _Rows:
     def load(cls, path: str) -> "_Rows":
         with np.load(path) as data:
             text = json.loads(data["rows"].tobytes().decode("utf-8"))
+            text.setdefault("starts", [0.0] * len(text["ids"]))  # a chunk written before the column
             return cls(**text, levels=[data["levels"]], level_counts=data["counts"].tolist())
 
 
@@ -383,6 +399,7 @@ def _columns(rows: _Rows, meta: dict) -> ClipIndex:
         sources=np.array([source_number[s] for s in rows.sources], dtype=np.int32),
         levels=_flat(rows.levels),
         level_ranges=_ranges(rows.level_counts),
+        starts=np.array(rows.starts, dtype=np.float32),
     )
     index.background = index.background_flags(frozenset(DEFAULT_BACKGROUND_TAGS))
     return index

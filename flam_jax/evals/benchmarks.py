@@ -7,10 +7,8 @@ modules); a raw folder is built once into ``cache_dir`` and then read the same w
 Every benchmark becomes a list of ``Item``s whose audio is decoded on demand.
 """
 
-import csv
 import dataclasses
 import hashlib
-import io
 import os
 from collections.abc import Callable
 
@@ -145,30 +143,3 @@ def read_items(source) -> list[Item]:
             item.label_id = int(record["label_id"])
         items.append(item)
     return items
-
-
-LABEL_NAME_FILES = ("mid_to_display_name.tsv", "class_labels_indices.csv")
-
-
-def label_names(data_dir: str, path: str | None = None) -> dict[str, str]:
-    """Display names for coded labels (AudioSet MIDs such as ``/m/09x0r`` → "Speech").
-
-    Read from ``path`` or, if present in ``data_dir``, AudioSet's ``mid_to_display_name.tsv``
-    (mid<TAB>name, no header) or ``class_labels_indices.csv`` (index,mid,display_name).
-    Empty when there is none: labels are then used as they are.
-    """
-    candidates = [path] if path else [paths.join(data_dir, name) for name in LABEL_NAME_FILES]
-    for candidate in candidates:
-        if not candidate or not paths.isfile(candidate):
-            if path:
-                raise DataError(f"label name file not found: {path}")
-            continue
-        with io.StringIO(paths.read_text(candidate), newline="") as f:
-            if candidate.endswith(".tsv"):
-                rows = [r for r in csv.reader(f, delimiter="\t") if len(r) >= 2]
-                return {r[0].strip(): r[1].strip() for r in rows}
-            rows = list(csv.DictReader(f))
-            if not rows or not {"mid", "display_name"} <= set(rows[0]):
-                raise DataError(f"{candidate}: needs columns mid and display_name")
-            return {r["mid"].strip(): r["display_name"].strip() for r in rows}
-    return {}

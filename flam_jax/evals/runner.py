@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 from flam_jax import timeline
 from flam_jax.data.builders.common import humanise_label
+from flam_jax.data.builders.ontology import label_names
 from flam_jax.data.pools import RecordPool
 from flam_jax.errors import InputError
 from flam_jax.evals import sed
-from flam_jax.evals.benchmarks import Benchmark, Item, get_benchmark, label_names, open_source, read_items
+from flam_jax.evals.benchmarks import Benchmark, Item, get_benchmark, open_source, read_items
 from flam_jax.evals.event_based import event_f1, segment_f1
 from flam_jax.evals.hook import mixture_queries, simulate_mixtures
 from flam_jax.evals.postprocess import events_to_frame_labels, scores_to_events

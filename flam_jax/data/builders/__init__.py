@@ -7,7 +7,9 @@ returns a random-access source for Grain (``as_data_source``); ``open_index`` re
 split's index after checking that it still describes the records (``write_index`` or the
 ``flam-index`` command writes one for a dataset built without it).
 Kinds: ``clips`` (flam_clips), ``strong`` (flam_strong), ``pairs`` (flam_pairs/audiocaps,
-flam_pairs/clotho), ``classification`` (flam_classification/esc50, .../urbansound8k).
+flam_pairs/clotho), ``classification`` (flam_classification/esc50, .../urbansound8k),
+``captioned`` (flam_captioned/webdataset, .../huggingface, .../wavcaps, .../fsd50k: corpora
+in their own layouts, long recordings cut into 10 s pieces).
 """
 
 import functools
@@ -16,6 +18,8 @@ import os
 import tensorflow_datasets as tfds
 
 from flam_jax import paths
+from flam_jax.data.builders import common
+from flam_jax.data.builders.captioned import FlamCaptioned
 from flam_jax.data.builders.classification import FlamClassification
 from flam_jax.data.builders.clips import FlamClips
 from flam_jax.data.builders.pairs import FlamPairs
@@ -28,10 +32,13 @@ BUILDERS = {
     "strong": FlamStrong,
     "pairs": FlamPairs,
     "classification": FlamClassification,
+    "captioned": FlamCaptioned,
 }
 
 
-def _builder(kind: str, data_dir: str, config: str | None):
+def _builder(
+    kind: str, data_dir: str, config: str | None, max_errors: int = common.MAX_ERRORS, workers: int = 0
+):
     if kind not in BUILDERS:
         raise DataError(f"unknown dataset kind {kind!r} (use one of {', '.join(BUILDERS)})")
     cls = BUILDERS[kind]
@@ -42,7 +49,7 @@ def _builder(kind: str, data_dir: str, config: str | None):
         raise DataError(f"dataset kind {kind!r} takes no config (got {config!r})")
     kwargs = {"config": config} if config else {}
     local = paths.require_local(data_dir, "dataset directory")
-    return cls(data_dir=local, file_format="array_record", **kwargs)
+    return cls(data_dir=local, file_format="array_record", max_errors=max_errors, workers=workers, **kwargs)
 
 
 def build(
@@ -53,14 +60,19 @@ def build(
     *,
     progress: bool = False,
     overwrite: bool = False,
+    max_errors: int = common.MAX_ERRORS,
+    workers: int = 0,
 ):
     """Encode a manual directory into ArrayRecord files under ``data_dir`` and index every
     split (``progress``: the index's progress bar); returns the builder. A dataset already
     built there is kept as it is (TFDS's rule) unless ``overwrite``: then it is generated
-    again from the manual directory, which is what a changed manual directory needs."""
+    again from the manual directory, which is what a changed manual directory needs.
+    ``builder.skips`` lists the items skipped; more than ``max_errors`` stops the build
+    (a one-line DataError) with nothing marked built. ``workers`` > 0 decodes and encodes
+    in that many processes and writes the index with as many: the same records, faster."""
     if not paths.isdir(manual_dir):  # local or remote: the builders read it through paths
         raise DataError(f"manual directory not found: {manual_dir}")
-    builder = _builder(kind, data_dir, config)
+    builder = _builder(kind, data_dir, config, max_errors, workers)
     tfds.disable_progress_bar()
     mode = tfds.download.GenerateMode
     builder.download_and_prepare(
@@ -71,7 +83,7 @@ def build(
     )
     dataset = f"{kind}/{config}" if config else kind
     for split in builder.info.splits:
-        write_index(dataset, data_dir, split, progress=progress)
+        write_index(dataset, data_dir, split, progress=progress, workers=workers)
     return builder
 
 

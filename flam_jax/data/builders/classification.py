@@ -15,7 +15,7 @@ from flam_jax.data.builders import common
 from flam_jax.errors import DataError
 
 
-class FlamClassification(tfds.core.GeneratorBasedBuilder):
+class FlamClassification(common.Builder):
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = (
         tfds.core.BuilderConfig(name="esc50", description="ESC-50 layout"),
@@ -66,4 +66,4 @@ class FlamClassification(tfds.core.GeneratorBasedBuilder):
                 }
                 yield name, common.find_audio(dirs, [name]), features
 
-        return common.examples(items(), f"flam_classification/{self.builder_config.name}")
+        return self.examples(items(), f"flam_classification/{self.builder_config.name}")

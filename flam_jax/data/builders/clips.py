@@ -55,7 +55,7 @@ def read_manifest(folder: str) -> list[dict]:
     return out
 
 
-class FlamClips(tfds.core.GeneratorBasedBuilder):
+class FlamClips(common.Builder):
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = "A folder with manifest.jsonl or manifest.csv and the audio files."
 
@@ -86,4 +86,4 @@ class FlamClips(tfds.core.GeneratorBasedBuilder):
                 features = {k: entry[k] for k in ("captions", "tags", "source", "licence", "recording")}
                 yield entry["path"], (path if paths.isfile(path) else None), features
 
-        return common.examples(items(), "flam_clips")
+        return self.examples(items(), "flam_clips")

@@ -23,7 +23,7 @@ AUDIOCAPS_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 CLOTHO_SPLITS = {"train": "development", "validation": "validation", "test": "evaluation"}
 
 
-class FlamPairs(tfds.core.GeneratorBasedBuilder):
+class FlamPairs(common.Builder):
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = (
         tfds.core.BuilderConfig(name="audiocaps", description="AudioCaps CSV layout"),
@@ -55,7 +55,7 @@ class FlamPairs(tfds.core.GeneratorBasedBuilder):
             items = self._audiocaps(folder, split, table, rows)
         else:
             items = self._clotho(folder, split, table, rows)
-        return common.examples(items, f"flam_pairs/{self.builder_config.name}")
+        return self.examples(items, f"flam_pairs/{self.builder_config.name}")
 
     def _audiocaps(self, folder, split, table, rows):
         dirs = [paths.join(folder, "audio", AUDIOCAPS_SPLITS[split]), paths.join(folder, "audio", split)]

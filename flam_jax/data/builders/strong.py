@@ -5,7 +5,10 @@ Manual directory: one ``{split}.tsv`` per split (train, validation, test) with c
 names ``segment_id start_time_seconds end_time_seconds label``; a row with empty
 onset/offset marks a clip without events. Audio lives in ``audio/{split}/`` or ``audio/``.
 Each event's ``caption`` is its label made readable ("Alarm_bell_ringing" -> "alarm bell
-ringing"); closed-set SED data enter training with class names as texts.
+ringing"); closed-set SED data enter training with class names as texts. AudioSet-strong's
+labels are MIDs (``/m/09x0r``): their captions are the display names of the
+``ontology.json`` or ``mid_to_display_name.tsv`` in the manual directory (``ontology.py``);
+a MID without a name is a one-line error naming it. ``label`` keeps the MID.
 """
 
 from collections import OrderedDict
@@ -14,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from flam_jax import paths
-from flam_jax.data.builders import common
+from flam_jax.data.builders import common, ontology
 from flam_jax.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -43,7 +46,7 @@ def read_events(path: str) -> "OrderedDict[str, list[tuple[float, float, str]]]"
     return clips
 
 
-class FlamStrong(tfds.core.GeneratorBasedBuilder):
+class FlamStrong(common.Builder):
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = "A folder with {split}.tsv annotations and audio/ (DCASE layout)."
 
@@ -71,7 +74,14 @@ class FlamStrong(tfds.core.GeneratorBasedBuilder):
         return {s: self._generate_examples(folder, s) for s in present}
 
     def _generate_examples(self, folder, split):
-        clips = read_events(paths.join(folder, f"{split}.tsv"))
+        table = paths.join(folder, f"{split}.tsv")
+        clips = read_events(table)
+        names = ontology.label_names(folder)
+        captions = {
+            label: common.humanise_label(ontology.name_of(label, names, table))
+            for events in clips.values()
+            for _, _, label in events
+        }
         audio_dirs = [paths.join(folder, "audio", split), paths.join(folder, "audio"), folder]
 
         def items():
@@ -81,9 +91,9 @@ class FlamStrong(tfds.core.GeneratorBasedBuilder):
                         "onset": [e[0] for e in events],
                         "offset": [e[1] for e in events],
                         "label": [e[2] for e in events],
-                        "caption": [common.humanise_label(e[2]) for e in events],
+                        "caption": [captions[e[2]] for e in events],
                     }
                 }
                 yield name, common.find_audio(audio_dirs, [name]), features
 
-        return common.examples(items(), "flam_strong")
+        return self.examples(items(), "flam_strong")
