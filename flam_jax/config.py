@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from flam_jax import paths
+from flam_jax.data import mixing
 from flam_jax.errors import ConfigError
 from flam_jax.models.configs import remat_policy
 
@@ -52,6 +53,10 @@ def base_config() -> ConfigDict:
     c.data.max_decode_errors = 100
     c.data.sed_dataset = "clips"  # builder kind[/config] the simulator draws clips from
     c.data.global_dataset = "clips"  # builder kind[/config] of the global batch's pairs
+    # Several datasets drawn by weight, "DATASET:WEIGHT[:TAG|TAG]; ..." (data/mixing.py); when
+    # set they replace sed_dataset / global_dataset (the hook reads the first SED source).
+    c.data.sed_sources = ""
+    c.data.global_sources = ""
     c.data.split = "train"  # split both training pipelines read
     c.data.max_events = 10  # N ~ U(1, max_events) events per simulated mixture
     # Probability that a training mixture or pair is low-passed at 4-11 kHz (data/augment.py);
@@ -186,6 +191,8 @@ def validate(config: ConfigDict) -> ConfigDict:
         if not ok:
             raise ConfigError(message)
     remat_policy(config.model.remat)
+    for stream in ("sed", "global"):
+        mixing.parse_sources(config.data[f"{stream}_sources"], f"data.{stream}_sources")
     return config
 
 

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from flam_jax.data import augment, batches, pools
+from flam_jax.data import augment, batches, mixing, pools
 from flam_jax.data import simulate as sim
 from flam_jax.data.index import as_text
 from flam_jax.data.sampling import GLOBAL_STREAM, SED_STREAM, EventCandidates, HostSampler
@@ -260,7 +260,7 @@ def global_dataset(
 ) -> Stream:
     """This host's batches of audio–caption pairs, as (global batch, info)."""
     sampler = HostSampler(len(pool), seed, GLOBAL_STREAM, process_index, process_count, sampling)
-    candidates = EventCandidates(sampler, np.flatnonzero(pool.index.readable))  # replacements
+    candidates = EventCandidates(sampler, pool.readable_indices)  # replacements
     element = _Pair(pool, num_samples, sampler, candidates, band_limit=band_limit)
     return Stream(sampler, element, batch_size, _GlobalBatch(tokenizer), num_epochs)
 
@@ -425,15 +425,46 @@ def sed_spec(config, groups: int, process_count: int) -> batches.SedBatchSpec:
     )
 
 
-def open_pool(config, dataset: str, split: str) -> pools.RecordPool:
-    """The pool of ``split`` of ``dataset`` with the config's cache and background tags."""
+def open_pool(config, dataset: str, split: str, background_tags: str = "", cache_share: int = 1):
+    """The pool of ``split`` of ``dataset`` with the config's cache (``cache_share``: split
+    between that many pools) and background tags (``background_tags`` overrides them)."""
     return pools.open_pool(
         config.data.dir,
         dataset,
         split,
-        cache_mb=config.data.pool_cache_mb,
-        background_tags=config.data.background_tags,
+        cache_mb=config.data.pool_cache_mb / cache_share,
+        background_tags=background_tags or config.data.background_tags,
     )
+
+
+def training_pool(config, stream: str):
+    """The pool the ``"sed"`` or ``"global"`` pipeline draws from: ``data.sed_sources`` /
+    ``data.global_sources`` weighted (``data.mixing``) when set, else ``data.sed_dataset`` /
+    ``data.global_dataset``."""
+    key = f"data.{stream}_sources"
+    sources = mixing.parse_sources(config.data[f"{stream}_sources"], key)
+    if not sources:
+        return open_pool(config, config.data[f"{stream}_dataset"], config.data.split)
+    strong = [s.dataset for s in sources if s.dataset.partition("/")[0] == "strong"]
+    if strong and stream == "sed":  # annotated recordings are not simulated from
+        raise ConfigError(f"{key}: {strong[0]} is annotated (strong): use it alone as data.sed_dataset")
+    members = [
+        (open_pool(config, s.dataset, config.data.split, s.background_tags, len(sources)), s.weight)
+        for s in sources
+    ]
+    return mixing.WeightedPool(members, [s.dataset for s in sources], stream)
+
+
+def sed_source_name(config) -> str:
+    """What the SED pipeline's pool is called in messages."""
+    return config.data.sed_sources.strip() or config.data.sed_dataset
+
+
+def hook_dataset(config) -> str:
+    """The dataset whose ``train.eval_split`` the validation hook simulates from: the
+    first of ``data.sed_sources`` when set, else ``data.sed_dataset``."""
+    sources = mixing.parse_sources(config.data.sed_sources, "data.sed_sources")
+    return sources[0].dataset if sources else config.data.sed_dataset
 
 
 def _warn_backgrounds(pool: pools.ClipPool, config, dataset: str) -> None:
@@ -465,11 +496,11 @@ def sed_iterator(
     """
     index, count = _processes(process_index, process_count)
     spec = sed_spec(config, groups, count)
-    dataset_name = config.data.sed_dataset
+    dataset_name = sed_source_name(config)
     if pool is None:
-        pool = open_pool(config, dataset_name, config.data.split)
+        pool = training_pool(config, "sed")
     kwargs = {"seed": config.seed, "process_index": index, "process_count": count, "num_epochs": num_epochs}
-    if dataset_name.partition("/")[0] == "strong":
+    if not config.data.sed_sources.strip() and dataset_name.partition("/")[0] == "strong":
         dataset = annotated_dataset(pool, tokenizer, spec, simulator_config(config), **kwargs)
     else:
         _warn_backgrounds(pool, config, dataset_name)
@@ -500,7 +531,7 @@ def global_iterator(
     if config.data.global_batch % count:
         raise ConfigError(f"data.global_batch={config.data.global_batch} must split over {count} processes")
     if pool is None:
-        pool = open_pool(config, config.data.global_dataset, config.data.split)
+        pool = training_pool(config, "global")
     dataset = global_dataset(
         pool,
         tokenizer,

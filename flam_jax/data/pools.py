@@ -73,6 +73,7 @@ class ClipPool:
         self._background = flags
         self.background_indices = np.flatnonzero(flags & readable)
         self.event_indices = np.flatnonzero(~flags & readable)
+        self.readable_indices = np.flatnonzero(readable)
         self._cache_limit = int(cache_mb * 2**20)
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._cache_bytes = 0
