@@ -9,10 +9,10 @@ DEMO_STAMP := $(VENV)/.installed-demo
 .PHONY: test demo lint format clean-venv
 
 # Re-install only when a requirements file or pyproject changes.
-$(STAMP): requirements.txt requirements-demo.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-demo.txt requirements-test.txt requirements-beam.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements.txt -r requirements-demo.txt -r requirements-test.txt
+	$(PIP) install -q -r requirements.txt -r requirements-demo.txt -r requirements-test.txt -r requirements-beam.txt
 	# openflam 1.0.2 pins torch<2.8 and numpy<2, which are stale: it runs with the
 	# pinned torch and numpy above, so install it without its declared dependencies.
 	$(PIP) install -q --no-deps openflam==1.0.2
@@ -29,8 +29,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Test processes (pytest-xdist); a file's tests stay in one process, so module fixtures
+# (the tiny demo, built datasets) are made once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The demo needs the runtime stack and MiniLM only (no torch, no test toolkits).
 $(DEMO_STAMP): requirements.txt requirements-demo.txt pyproject.toml

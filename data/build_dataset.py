@@ -7,6 +7,8 @@
 Kinds: clips, strong, pairs (audiocaps|clotho), classification (esc50|urbansound8k),
 captioned (webdataset|huggingface|wavcaps|fsd50k). Items without audio or caption and
 undecodable clips are skipped and named at the end; more than --max-errors stop the build.
+--workers=N encodes in N processes; --beam runs the captioned kind on an Apache Beam
+runner (flam_jax/data/builders/beam_build.py; pip install -r requirements-beam.txt).
 """
 
 import argparse
@@ -26,6 +28,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", required=True, help="TFDS data_dir to write into")
     parser.add_argument("--max-errors", type=int, default=100, help="skipped items tolerated")
     parser.add_argument("--workers", type=int, default=0, help="encoding processes (0: this one)")
+    parser.add_argument(
+        "--beam",
+        default=None,
+        help="captioned kind on Apache Beam: its pipeline arguments, comma-separated "
+        "(--beam=--runner=DirectRunner,--direct_num_workers=4)",
+    )
     args = parser.parse_args(argv)
 
     from flam_jax.data import builders
@@ -38,8 +46,9 @@ def main(argv=None) -> int:
         progress=True,
         max_errors=args.max_errors,
         workers=args.workers,
+        beam=[a for a in args.beam.split(",") if a] if args.beam is not None else None,
     )
-    print(builder.skips.summary())
+    print(builder.skips.summary() if args.beam is None else "skipped: counted and named in the runner's log")
     for name, split in builder.info.splits.items():
         print(
             f"{builder.name}/{builder.builder_config.name if builder.builder_config else ''} {name}: "

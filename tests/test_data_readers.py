@@ -180,7 +180,7 @@ def _hf_table(names, with_bad_row=False):
     return datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
 
 
-def test_huggingface_parquet_and_saved_datasets_match_the_manifest(tmp_path):
+def test_huggingface_parquet_and_saved_datasets_match_the_manifest(tmp_path, manifest_records):
     short = [n for n, (s, _, _) in CLIPS.items() if s <= 10]
     parquet = tmp_path / "parquet" / "data"
     parquet.mkdir(parents=True)
@@ -188,8 +188,8 @@ def test_huggingface_parquet_and_saved_datasets_match_the_manifest(tmp_path):
     _hf_table(["engine"]).to_parquet(str(parquet / "test-00000-of-00001.parquet"))
     builder = builders.build("captioned", str(tmp_path / "parquet"), str(tmp_path / "tfds"), "huggingface")
     train = _records("captioned", str(tmp_path / "tfds"), "train", "huggingface")
-    expected = {(bytes(AUDIO_48K[n]), CLIPS[n][1][0]) for n in short}
-    assert {(bytes(r["audio"]), text(r["captions"][0])) for r in train} == expected
+    expected = {(a, n, c[:1], (), "", "") for a, n, c, _, _, _ in manifest_records}
+    assert {_content(r) for r in train} == expected
     assert {text(r["id"]) for r in train} == {f"train/{n}" for n in short}
     assert builder.skips.summary().splitlines()[1].startswith("  train/silent: no audio in row")
     _check_cut(_records("captioned", str(tmp_path / "tfds"), "test", "huggingface"), "test/engine")
@@ -250,6 +250,7 @@ def test_fsd50k_layout_gives_labels_as_captions(tmp_path):
     (rain,) = _records("captioned", str(tmp_path / "tfds"), "validation", "fsd50k")
     (bell,) = _records("captioned", str(tmp_path / "tfds"), "test", "fsd50k")
     assert text(rain["id"]) == "2" and [text(c) for c in bell["captions"]] == ["church bell", "bell"]
+    assert bytes(dog["audio"]) == AUDIO_48K["dog"] and bytes(bell["audio"]) == AUDIO_48K["bell"]
 
 
 def _strong_folder(tmp_path, names_file: str | None):
@@ -336,8 +337,7 @@ def _all_columns(data_dir, dataset, split):
     return records, columns
 
 
-def test_a_parallel_build_equals_the_single_process_one(tmp_path):
-    folder = tmp_path / "wds"
+def _twelve_clips_and_a_junk_one(folder):
     folder.mkdir()
     samples = [
         {"__key__": f"{name}{k}", "flac": AUDIO[name], "json": {"text": CLIPS[name][1]}}
@@ -345,10 +345,63 @@ def test_a_parallel_build_equals_the_single_process_one(tmp_path):
         for name in CLIPS
     ]
     samples.insert(4, {"__key__": "junk", "flac": b"junk", "json": {"text": "x"}})
-    _write_shard(folder / "a.tar", samples)
+    _write_shard(folder / "a.tar", samples[:7])
+    _write_shard(folder / "b.tar", samples[7:])
+    return folder
+
+
+def test_a_parallel_build_equals_the_single_process_one(tmp_path):
+    folder = _twelve_clips_and_a_junk_one(tmp_path / "wds")
     one = builders.build("captioned", str(folder), str(tmp_path / "one"), "webdataset")
     many = builders.build("captioned", str(folder), str(tmp_path / "many"), "webdataset", workers=2)
     assert _all_columns(str(tmp_path / "one"), "captioned/webdataset", "train") == _all_columns(
         str(tmp_path / "many"), "captioned/webdataset", "train"
     )
     assert one.skips.summary() == many.skips.summary() and "a/junk: undecodable" in many.skips.summary()
+
+
+def test_a_beam_build_on_the_direct_runner_equals_the_single_process_one(tmp_path):
+    folder = _twelve_clips_and_a_junk_one(tmp_path / "wds")
+    builders.build("captioned", str(folder), str(tmp_path / "one"), "webdataset")
+    builders.build(
+        "captioned", str(folder), str(tmp_path / "beam"), "webdataset", beam=["--runner=DirectRunner"]
+    )
+    assert _all_columns(str(tmp_path / "one"), "captioned/webdataset", "train") == _all_columns(
+        str(tmp_path / "beam"), "captioned/webdataset", "train"
+    )
+    # Past max_errors the pipeline fails and nothing is marked built.
+    with pytest.raises(Exception, match=r"1 items skipped, more than 0"):
+        builders.build(
+            "captioned",
+            str(folder),
+            str(tmp_path / "stopped"),
+            "webdataset",
+            beam=["--runner=DirectRunner"],
+            max_errors=0,
+        )
+    with pytest.raises(DataError, match="is not built"):
+        builders.load("captioned", str(tmp_path / "stopped"), "train", "webdataset")
+    with pytest.raises(DataError, match="a Beam build reads the captioned kind's corpora, not 'clips'"):
+        builders.build("clips", str(folder), str(tmp_path / "x"), beam=["--runner=DirectRunner"])
+
+
+def test_the_build_command_prints_what_it_skipped(tmp_path, capsys):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "build_dataset.py")
+    spec = importlib.util.spec_from_file_location("build_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = _twelve_clips_and_a_junk_one(tmp_path / "wds")
+    args = [
+        "--kind=captioned",
+        "--config=webdataset",
+        f"--manual-dir={folder}",
+        f"--data-dir={tmp_path / 'tfds'}",
+    ]
+    assert module.main([*args, "--workers=2"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1: 1 undecodable\n  a/junk: undecodable" in out and "train: 18 examples" in out
+    assert module.main([*args[:3], f"--data-dir={tmp_path / 'other'}", "--max-errors=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than 0 items skipped (the last: a/junk: undecodable" in err

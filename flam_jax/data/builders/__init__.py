@@ -18,7 +18,7 @@ import os
 import tensorflow_datasets as tfds
 
 from flam_jax import paths
-from flam_jax.data.builders import common
+from flam_jax.data.builders import beam_build, common
 from flam_jax.data.builders.captioned import FlamCaptioned
 from flam_jax.data.builders.classification import FlamClassification
 from flam_jax.data.builders.clips import FlamClips
@@ -37,7 +37,12 @@ BUILDERS = {
 
 
 def _builder(
-    kind: str, data_dir: str, config: str | None, max_errors: int = common.MAX_ERRORS, workers: int = 0
+    kind: str,
+    data_dir: str,
+    config: str | None,
+    max_errors: int = common.MAX_ERRORS,
+    workers: int = 0,
+    beam: bool = False,
 ):
     if kind not in BUILDERS:
         raise DataError(f"unknown dataset kind {kind!r} (use one of {', '.join(BUILDERS)})")
@@ -49,7 +54,14 @@ def _builder(
         raise DataError(f"dataset kind {kind!r} takes no config (got {config!r})")
     kwargs = {"config": config} if config else {}
     local = paths.require_local(data_dir, "dataset directory")
-    return cls(data_dir=local, file_format="array_record", max_errors=max_errors, workers=workers, **kwargs)
+    return cls(
+        data_dir=local,
+        file_format="array_record",
+        max_errors=max_errors,
+        workers=workers,
+        beam=beam,
+        **kwargs,
+    )
 
 
 def build(
@@ -62,6 +74,7 @@ def build(
     overwrite: bool = False,
     max_errors: int = common.MAX_ERRORS,
     workers: int = 0,
+    beam: list[str] | None = None,
 ):
     """Encode a manual directory into ArrayRecord files under ``data_dir`` and index every
     split (``progress``: the index's progress bar); returns the builder. A dataset already
@@ -69,16 +82,21 @@ def build(
     again from the manual directory, which is what a changed manual directory needs.
     ``builder.skips`` lists the items skipped; more than ``max_errors`` stops the build
     (a one-line DataError) with nothing marked built. ``workers`` > 0 decodes and encodes
-    in that many processes and writes the index with as many: the same records, faster."""
+    in that many processes and writes the index with as many: the same records, faster.
+    ``beam`` (Beam pipeline arguments, e.g. ``["--runner=DirectRunner"]``) computes the
+    records of the ``captioned`` kind on a Beam runner instead (``beam_build.py``)."""
     if not paths.isdir(manual_dir):  # local or remote: the builders read it through paths
         raise DataError(f"manual directory not found: {manual_dir}")
-    builder = _builder(kind, data_dir, config, max_errors, workers)
+    if beam is not None and kind != "captioned":
+        raise DataError(f"a Beam build reads the captioned kind's corpora, not {kind!r}")
+    builder = _builder(kind, data_dir, config, max_errors, workers, beam is not None)
     tfds.disable_progress_bar()
     mode = tfds.download.GenerateMode
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir),
             download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+            beam_options=beam_build.pipeline_options(beam) if beam is not None else None,
         )
     )
     dataset = f"{kind}/{config}" if config else kind

@@ -8,25 +8,45 @@ Configs (one reader module each; its docstring gives the layout):
 - ``fsd50k``: FSD50K's ground-truth CSVs and audio folders (``fsd50k.py``).
 
 Long recordings are cut into pieces of at most 10 s at build time (``common.py``'s rule);
-items without audio or caption, and undecodable clips, are skipped and counted.
+items without audio or caption, and undecodable clips, are skipped and counted. Each
+reader splits its input into units (shards, files, tables) that an Apache Beam build
+(``beam_build.py``) spreads over workers.
 """
+
+import functools
+import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flam_jax.data.builders import common, fsd50k, hf_datasets, tar_shards, wavcaps
+from flam_jax.data.builders import beam_build, common, fsd50k, hf_datasets, tar_shards, wavcaps
 
 
-def reader_splits(config: str, folder: str) -> dict:
-    """split → its items (``common.examples``' input) for reader ``config``."""
+def units(config: str, folder: str) -> dict[str, list[str]]:
+    """split → its units of work for reader ``config``: shards, files, tables or the split."""
     if config == "webdataset":
-        return {s: tar_shards.items(shards) for s, shards in tar_shards.shards(folder).items()}
+        return tar_shards.shards(folder)
     if config == "huggingface":
-        return {s: hf_datasets.items(folder, s, files) for s, files in hf_datasets.files(folder).items()}
+        return hf_datasets.files(folder)
     if config == "wavcaps":
-        wavcaps.tables(folder)  # fails now, not inside TFDS, when there are none
-        return {"train": wavcaps.items(folder)}
-    return {s: fsd50k.items(folder, s) for s in fsd50k.splits(folder)}
+        return {"train": wavcaps.tables(folder)}
+    return {split: [split] for split in fsd50k.splits(folder)}
+
+
+def unit_items(config: str, folder: str, split: str, unit: str) -> Iterator[tuple[str, object, dict]]:
+    """The items (``common.examples``' input) of one unit."""
+    if config == "webdataset":
+        return tar_shards.items([unit])
+    if config == "huggingface":
+        return hf_datasets.items(folder, split, [unit])
+    if config == "wavcaps":
+        return wavcaps.items(folder, unit)
+    return fsd50k.items(folder, unit)
+
+
+def split_items(config: str, folder: str, split: str, split_units: list[str]):
+    return itertools.chain.from_iterable(unit_items(config, folder, split, u) for u in split_units)
 
 
 class FlamCaptioned(common.Builder):
@@ -58,9 +78,14 @@ class FlamCaptioned(common.Builder):
         name = f"flam_captioned/{self.builder_config.name}"
         folder = common.manual_dir(dl_manager, name)
         return {
-            split: self._generate_examples(items, name)
-            for split, items in reader_splits(self.builder_config.name, folder).items()
+            split: self._generate_examples(folder, split, split_units, name)
+            for split, split_units in units(self.builder_config.name, folder).items()
         }
 
-    def _generate_examples(self, items, name):
-        return self.examples(items, name, cut=True)
+    def _generate_examples(self, folder, split, split_units, name):
+        config = self.builder_config.name
+        if self.beam:
+            return beam_build.split_transform(
+                functools.partial(unit_items, config, folder, split), split_units, name, self.skips.max_errors
+            )
+        return self.examples(split_items(config, folder, split, split_units), name, cut=True)

@@ -104,10 +104,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     Abstract (no ``_info``), so TFDS registers only its subclasses."""
 
-    def __init__(self, *, max_errors: int = MAX_ERRORS, workers: int = 0, **kwargs):
+    def __init__(self, *, max_errors: int = MAX_ERRORS, workers: int = 0, beam: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.skips = Skips(max_errors)
         self.workers = workers
+        self.beam = beam  # the captioned kind's Beam path (beam_build.py)
 
     def examples(self, items, builder_name: str, *, cut: bool = False):
         return examples(items, builder_name, self.skips, cut=cut, workers=self.workers)

@@ -35,31 +35,31 @@ def _entries(table: str) -> list:
     return entries
 
 
-def items(folder: str) -> Iterator[tuple[str, object, dict]]:
-    for table in tables(folder):
-        stem = os.path.basename(table).removesuffix(".json")
-        dirs = [paths.join(folder, "audio", stem), paths.join(folder, stem), paths.join(folder, "audio")]
-        for number, entry in enumerate(_entries(table)):
-            if not isinstance(entry, dict):
-                yield f"{stem}/{number}", Missing("entry is not an object"), {}
-                continue
-            ident = str(entry.get("id", "") or entry.get("file_name", "") or number)
-            name = f"{stem}/{ident}"
-            caption = str(entry.get("caption", "")).strip()
-            if not caption:
-                yield name, Missing("no caption"), {}
-                continue
-            given = entry.get("audio") or entry.get("wav_path") or ""
-            candidates = [os.path.basename(str(given))] if given else []
-            candidates += [str(entry[k]) for k in ("id", "file_name") if entry.get(k)]
-            yield (
-                name,
-                find_audio(dirs, candidates),
-                {
-                    "captions": [caption],
-                    "tags": [],
-                    "source": f"wavcaps/{stem}",
-                    "licence": str(entry.get("license", entry.get("licence", ""))),
-                    "recording": "",
-                },
-            )
+def items(folder: str, table: str) -> Iterator[tuple[str, object, dict]]:
+    """The entries of one metadata file (``tables``) with their audio paths."""
+    stem = os.path.basename(table).removesuffix(".json")
+    dirs = [paths.join(folder, "audio", stem), paths.join(folder, stem), paths.join(folder, "audio")]
+    for number, entry in enumerate(_entries(table)):
+        if not isinstance(entry, dict):
+            yield f"{stem}/{number}", Missing("entry is not an object"), {}
+            continue
+        ident = str(entry.get("id", "") or entry.get("file_name", "") or number)
+        name = f"{stem}/{ident}"
+        caption = str(entry.get("caption", "")).strip()
+        if not caption:
+            yield name, Missing("no caption"), {}
+            continue
+        given = entry.get("audio") or entry.get("wav_path") or ""
+        candidates = [os.path.basename(str(given))] if given else []
+        candidates += [str(entry[k]) for k in ("id", "file_name") if entry.get(k)]
+        yield (
+            name,
+            find_audio(dirs, candidates),
+            {
+                "captions": [caption],
+                "tags": [],
+                "source": f"wavcaps/{stem}",
+                "licence": str(entry.get("license", entry.get("licence", ""))),
+                "recording": "",
+            },
+        )
