@@ -9,6 +9,7 @@ setting. The resolved config is written next to the run as JSON.
 import importlib.util
 import json
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -106,6 +107,9 @@ def base_config() -> ConfigDict:
     # regex over parameter names (a/b) left at their fresh values by init_from, e.g. the
     # heads of a FLAM-Global export that an ablation replaces by shared terms
     c.train.init_exclude = ""
+    # regex: only the parameters it matches are loaded by init_from (e.g. "^audio/": the
+    # audio tower of a converted checkpoint); WORKDIR/init_report.json lists what was taken
+    c.train.init_include = ""
     # Checkpoint step to resume from; -1 = the latest complete one. An earlier step (the
     # latest is damaged) moves the later ones to checkpoints/superseded/; a one-off: drop it after.
     c.train.resume_step = -1
@@ -168,6 +172,7 @@ def validate(config: ConfigDict) -> ConfigDict:
         (config.data.max_decode_errors >= 0, "data.max_decode_errors must be >= 0"),
         (config.data.workers >= 0, "data.workers must be >= 0"),
         (config.train.init_from or not config.train.init_exclude, "train.init_exclude needs train.init_from"),
+        (config.train.init_from or not config.train.init_include, "train.init_include needs train.init_from"),
         (config.data.global_workers >= -1, "data.global_workers must be >= 0, or -1 for data.workers"),
         (config.data.prefetch >= 1, "data.prefetch must be >= 1"),
         (config.data.pool_cache_mb >= 0, "data.pool_cache_mb must be >= 0"),
@@ -194,6 +199,15 @@ def validate(config: ConfigDict) -> ConfigDict:
     for stream in ("sed", "global"):
         mixing.parse_sources(config.data[f"{stream}_sources"], f"data.{stream}_sources")
     return config
+
+
+def compile_regex(pattern: str, key: str) -> re.Pattern:
+    """The regex of config key ``key`` (``optim.frozen``, ``mesh.rules``, ...); a bad one is a
+    one-line ConfigError naming the key."""
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{key}: bad regex {pattern!r}: {err}") from None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

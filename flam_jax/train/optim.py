@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 import optax
 
+from flam_jax.config import compile_regex
 from flam_jax.errors import ConfigError
 
 TRAIN, LOW_LR, FROZEN = "train", "low_lr", "frozen"
@@ -43,12 +44,7 @@ def learning_rate_schedule(optim_config, total_updates: int) -> optax.Schedule:
 
 
 def _compile(pattern: str, key: str) -> re.Pattern | None:
-    if not pattern:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as err:
-        raise ConfigError(f"optim.{key}: bad regex {pattern!r}: {err}") from err
+    return compile_regex(pattern, f"optim.{key}") if pattern else None
 
 
 def parameter_groups(optim_config, names) -> dict[str, str]:

@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flam_jax.config import compile_regex
 from flam_jax.errors import ConfigError, DataError
 from flam_jax.models.names import param_name
 
@@ -78,10 +79,7 @@ def parse_rules(text: str) -> list[tuple[re.Pattern, PartitionSpec]]:
         pattern, sep, spec = entry.rpartition("=")
         if not sep or not pattern:
             raise ConfigError(f"mesh.rules entry {entry!r} is not 'regex=spec'")
-        try:
-            regex = re.compile(pattern)
-        except re.error as err:
-            raise ConfigError(f"mesh.rules: bad regex {pattern!r}: {err}") from err
+        regex = compile_regex(pattern, "mesh.rules")
         if spec.strip() == "replicate":
             rules.append((regex, PartitionSpec()))
             continue
