@@ -60,17 +60,11 @@ class FlamCaptioned(common.Builder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = "The corpus as distributed (see flam_jax/data/builders/captioned.py)."
 
     def _info(self) -> tfds.core.DatasetInfo:
-        text_list = tfds.features.Sequence(tfds.features.Text())
         return tfds.core.DatasetInfo(
             builder=self,
             description="Captioned clips of at most 10 s (FLAC, 48 kHz mono) from a corpus's own layout.",
-            features=common.audio_features(
-                captions=text_list,
-                tags=text_list,
-                source=tfds.features.Text(),
-                licence=tfds.features.Text(),
-                recording=tfds.features.Text(),
-                start_s=tfds.features.Scalar(dtype=np.float32, doc="where the clip begins in its recording"),
+            features=common.captioned_clip_features(
+                start_s=tfds.features.Scalar(dtype=np.float32, doc="where the clip begins in its recording")
             ),
         )
 

@@ -60,17 +60,10 @@ class FlamClips(common.Builder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = "A folder with manifest.jsonl or manifest.csv and the audio files."
 
     def _info(self) -> tfds.core.DatasetInfo:
-        text_list = tfds.features.Sequence(tfds.features.Text())
         return tfds.core.DatasetInfo(
             builder=self,
             description="Captioned audio clips (FLAC, 48 kHz mono).",
-            features=common.audio_features(
-                captions=text_list,
-                tags=text_list,
-                source=tfds.features.Text(),
-                licence=tfds.features.Text(),
-                recording=tfds.features.Text(),
-            ),
+            features=common.captioned_clip_features(),
         )
 
     def _split_generators(self, dl_manager):

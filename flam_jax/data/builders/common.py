@@ -56,6 +56,19 @@ def audio_features(**extra) -> tfds.features.FeaturesDict:
     )
 
 
+def captioned_clip_features(**extra) -> tfds.features.FeaturesDict:
+    """The features of a captioned clip (``flam_clips``, ``flam_captioned``), plus ``extra``."""
+    text_list = tfds.features.Sequence(tfds.features.Text())
+    return audio_features(
+        captions=text_list,
+        tags=text_list,
+        source=tfds.features.Text(),
+        licence=tfds.features.Text(),
+        recording=tfds.features.Text(),
+        **extra,
+    )
+
+
 def manual_dir(dl_manager, builder_name: str) -> str:
     path = dl_manager.manual_dir
     if path is None or not paths.isdir(os.fspath(path)):
