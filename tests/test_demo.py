@@ -90,6 +90,12 @@ def test_demo_trainings_differ_only_in_the_per_text_terms(demo):
         assert run["train"]["init_from"] == str(workdir / "global" / "export-2")
         assert run["model"]["text_weights"] == ""  # the text tower comes from that export too
     assert ablation["train"]["init_exclude"] and not flam["train"]["init_exclude"]
+    # Each fresh start reports what it took from the export (WORKDIR/init_report.json).
+    report = json.loads((workdir / "no_per_text" / "init_report.json").read_text())
+    assert report["unused"] and set(report["unused"].values()) == {"matched by train.init_exclude"}
+    assert {"shared_log_scale", "shared_bias"} <= set(report["fresh"])
+    assert any(name.startswith("audio/") for name in report["loaded"])
+    assert f"[flam] initial weights from {workdir / 'global' / 'export-2'}: loaded" in stdout
     # The two FLAM runs train side by side, each line of their logs marked with its run.
     for run in ("flam", "no_per_text"):
         assert any(line.startswith(f"[{run}] step 3") for line in stdout.splitlines()), run

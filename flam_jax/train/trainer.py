@@ -44,7 +44,7 @@ from flam_jax.train import sharding as sharding_lib
 from flam_jax.train.checkpoint import Checkpointer
 from flam_jax.train.compile_cache import CacheEvents
 from flam_jax.train.data import pipeline_batches, tokenizer_path, uses_global, uses_sed
-from flam_jax.train.init import initial_weights
+from flam_jax.train.init import plan_initial_weights
 from flam_jax.train.metrics import MetricWriter, Progress
 from flam_jax.train.objective import make_objective
 from flam_jax.train.optim import make_optimizer
@@ -54,6 +54,8 @@ ModelFactory = Callable[..., nnx.Module]  # (config, rngs) -> module
 DataFactory = Callable[..., Any]  # (config, mesh) -> iterator of host-local batches
 ObjectiveFactory = Callable[..., Callable]  # (config, mesh) -> objective(model, batch)
 EvalFn = Callable[..., dict]  # (model, step) -> {name: float}
+
+INIT_REPORT = "init_report.json"  # WORKDIR/: what a fresh run took from train.init_from
 
 
 def default_model_factory(config, rngs: nnx.Rngs) -> nnx.Module:
@@ -206,28 +208,22 @@ class Trainer:
         weights from ``model.text_weights`` / ``train.init_from`` put in place)."""
         with jax.set_mesh(self.mesh):
             state = jax.jit(self._init_state, out_shardings=self.state_shardings)()
-        weights = self._initial_weights()
-        if not weights:
-            return state
         params, extra = dict(state.params), dict(state.extra)
-        unknown = sorted(set(weights) - set(params) - set(extra))
-        if unknown:
-            raise CheckpointError(f"initial weights name {len(unknown)} unknown variables, e.g. {unknown[0]}")
+        shapes = {name: tuple(value.shape) for name, value in {**params, **extra}.items()}
+        weights, report = plan_initial_weights(self.config, nnx.eval_shape(self._build), shapes)
+        if report is None:
+            return state
+        print(report.summary(), flush=True)
+        if jax.process_index() == 0:
+            paths.write_text(paths.join(self.workdir, INIT_REPORT), report.to_json())
         for name, value in weights.items():
             target, shardings = (
                 (params, self.state_shardings.params)
                 if name in params
                 else (extra, self.state_shardings.extra)
             )
-            if tuple(value.shape) != tuple(target[name].shape):
-                raise CheckpointError(
-                    f"initial weight {name} has shape {value.shape}, the model needs {target[name].shape}"
-                )
             target[name] = jax.device_put(np.asarray(value, target[name].dtype), shardings[name])
         return state.replace(params=params, extra=extra)
-
-    def _initial_weights(self) -> dict:
-        return initial_weights(self.config, nnx.eval_shape(self._build))
 
     def sharded_abstract_state(self):
         return jax.tree.map(
