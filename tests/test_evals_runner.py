@@ -117,6 +117,7 @@ def test_sed_benchmark_end_to_end(tmp_path, benchmark, audioset_columns):
     assert m["events"] == 4 and m["classes"] == 1
     assert m["frame_auroc"] == pytest.approx(1.0)  # loud frames are exactly the event frames
     assert 0 < m["psds1"] <= 1 and 0 < m["psds2"] <= 1
+    assert m["psds1_alpha_st0"] >= m["psds1"]  # no penalty on the spread across classes
     for key in ("intersection_f1_macro", "event_f1_macro", "segment_f1_macro", "mpauc"):
         assert 0 <= m[key] <= 1
     saved = json.loads((out / "metrics.json").read_text())

@@ -44,11 +44,11 @@ def case(request):
     }
 
 
-@pytest.mark.parametrize("which", ["psds1", "psds2"])
+@pytest.mark.parametrize("which", ["psds1", "psds1_alpha_st0", "psds2"])
 def test_psds_equals_sed_scores_eval(case, which):
     from sed_scores_eval import intersection_based
 
-    params = sed.PSDS1 if which == "psds1" else sed.PSDS2
+    params = {"psds1": sed.PSDS1, "psds1_alpha_st0": sed.PSDS1_ALPHA_ST0, "psds2": sed.PSDS2}[which]
     ref_value, ref_per_class, *_ = intersection_based.psds(
         case["frames"],
         case["gt"],

@@ -159,8 +159,12 @@ def sed_metrics(
         "frame_f1": sed.frame_f1_curve(scores, labels, F1_GRID),
     }
     if has_events:
-        p1 = sed.psds(filtered, events, class_names, sed.PSDS1)
+        # PSDS1 under both protocols of the literature, from one set of operating points:
+        # DCASE's α_st = 1 (FLAM's paper) and α_st = 0 (FineLAP's table).
+        points1 = sed.intersection_operating_points(filtered, events, class_names, dtc=0.7, gtc=0.7)
+        p1 = sed.psds_from_points(points1, sed.PSDS1)
         metrics["psds1"] = p1["psds"]
+        metrics["psds1_alpha_st0"] = sed.psds_from_points(points1, sed.PSDS1_ALPHA_ST0)["psds"]
         metrics["psds2"] = sed.psds(filtered, events, class_names, sed.PSDS2)["psds"]
         points = sed.intersection_operating_points(filtered, events, class_names, dtc=0.5, gtc=0.5)
         f1 = sed.f1_from_points(points, np.r_[THRESHOLD, F1_GRID])

@@ -27,6 +27,7 @@ from flam_jax.evals.sed.operating_points import _cross_trigger_deltas as _cross_
 from flam_jax.evals.sed.operating_points import _pair_deltas as _pair_deltas
 from flam_jax.evals.sed.psd_roc import (
     PSDS1,
+    PSDS1_ALPHA_ST0,
     PSDS2,
     SECONDS_PER_HOUR,
     PSDSParams,
@@ -39,6 +40,7 @@ from flam_jax.evals.sed.segment import mpauc, segment_auroc
 
 __all__ = [
     "PSDS1",
+    "PSDS1_ALPHA_ST0",
     "PSDS2",
     "SECONDS_PER_HOUR",
     "Event",
