@@ -103,6 +103,10 @@ def test_two_built_datasets_feed_one_sed_and_one_global_stream(tmp_path):
     assert isinstance(pool, mixing.WeightedPool) and pool.names == ["clips"]
     batch = next(pipeline.sed_iterator(config, FakeTokenizer(), groups=1, process_index=0, process_count=1))
     assert batch["audio"].shape == (2, 480_000) and batch["labels"].sum() > 0
+    # The validation hook simulates from the first SED source, under that source's tags.
+    config.data.sed_sources, config.train.eval_split = "clips:1:event; strong:1", "train"
+    assert pipeline.hook_pool(config).background_tags == frozenset({"event"})
+    config.data.sed_sources = "clips:1"
     config.data.global_sources = "clips:0.5; strong:0.5"
     glob = pipeline.training_pool(config, "global")
     assert {glob.source_of(i) for i in range(len(glob))} == {"clips", "strong"}

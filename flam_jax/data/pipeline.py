@@ -460,11 +460,13 @@ def sed_source_name(config) -> str:
     return config.data.sed_sources.strip() or config.data.sed_dataset
 
 
-def hook_dataset(config) -> str:
-    """The dataset whose ``train.eval_split`` the validation hook simulates from: the
-    first of ``data.sed_sources`` when set, else ``data.sed_dataset``."""
+def hook_pool(config):
+    """The pool of ``train.eval_split`` the validation hook simulates from: of the first of
+    ``data.sed_sources`` (with its background tags) when set, else of ``data.sed_dataset``."""
     sources = mixing.parse_sources(config.data.sed_sources, "data.sed_sources")
-    return sources[0].dataset if sources else config.data.sed_dataset
+    if not sources:
+        return open_pool(config, config.data.sed_dataset, config.train.eval_split)
+    return open_pool(config, sources[0].dataset, config.train.eval_split, sources[0].background_tags)
 
 
 def _warn_backgrounds(pool: pools.ClipPool, config, dataset: str) -> None:

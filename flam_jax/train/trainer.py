@@ -35,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from flam_jax import paths
-from flam_jax.data.pipeline import hook_dataset, open_pool, simulator_config
+from flam_jax.data.pipeline import hook_pool, simulator_config
 from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
 from flam_jax.evals.hook import simulate_mixtures, validation_hook
@@ -72,7 +72,7 @@ def default_data_factory(config, mesh):
 
 def default_eval_fn(config) -> EvalFn:
     """Frame AUROC on ``train.eval_mixtures`` fixed mixtures from ``train.eval_split``."""
-    pool = open_pool(config, hook_dataset(config), config.train.eval_split)
+    pool = hook_pool(config)
     mixtures = simulate_mixtures(
         pool, config.train.eval_mixtures, seed=config.seed + 1, cfg=simulator_config(config)
     )
