@@ -253,13 +253,16 @@ def test_a_run_in_the_bucket_from_training_to_search(gcs, dataset, tmp_path):
     from flam_jax.config import load_experiment
     from flam_jax.export.export_dir import read_params
     from flam_jax.models.flam import build_model
-    from flam_jax.train.init import initial_weights
+    from flam_jax.models.names import param_name
+    from flam_jax.train.init import plan_initial_weights
 
     config = load_experiment("experiments/cpu_demo.py:tiny")
     config.model.text_weights = ""
     config.train.init_from = export
     abstract = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
-    weights = initial_weights(config, abstract)
+    shapes = {param_name(p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(abstract))}
+    weights, report = plan_initial_weights(config, abstract, shapes)
+    assert report.source == export and not report.unused
     stored = read_params(f"{export}/params.safetensors")
     assert set(weights) == {name.replace(".", "/") for name in stored}
     np.testing.assert_array_equal(weights["logit_scale"], stored["logit_scale"])
