@@ -53,7 +53,7 @@ def parse_sources(spec: str, key: str) -> list[Source]:
             raise ConfigError(f"{key}: the weight of {parts[0]} is not a number ({parts[1]!r})") from None
         if not weight > 0 or not math.isfinite(weight):
             raise ConfigError(f"{key}: the weight of {parts[0]} must be positive (got {parts[1]})")
-        tags = ",".join(t for t in parts[2].split("|")) if len(parts) == 3 else ""
+        tags = parts[2].replace("|", ",") if len(parts) == 3 else ""
         sources.append(Source(parts[0], weight, tags))
     names = [s.dataset for s in sources]
     if len(set(names)) != len(names):
@@ -77,7 +77,6 @@ class WeightedPool:
             if len(pool.readable_indices) == 0:
                 raise ConfigError(f"source {name} holds no readable clips")
         weights = np.array([w for _, w in members], dtype=np.float64)
-        self.weights = weights / weights.sum()
         groups = ("event_indices", "background_indices") if stream == "sed" else ("readable_indices",)
         sources, clips = [], []
         for group in groups:

@@ -37,9 +37,9 @@ def units(config: str, folder: str) -> dict[str, list[str]]:
 def unit_items(config: str, folder: str, split: str, unit: str) -> Iterator[tuple[str, object, dict]]:
     """The items (``common.examples``' input) of one unit."""
     if config == "webdataset":
-        return tar_shards.items([unit])
+        return tar_shards.items(unit)
     if config == "huggingface":
-        return hf_datasets.items(folder, split, [unit])
+        return hf_datasets.items(folder, split, unit)
     if config == "wavcaps":
         return wavcaps.items(folder, unit)
     return fsd50k.items(folder, unit)

@@ -105,37 +105,37 @@ def _audio(folder: str, value) -> object:
             return value["bytes"]
         given = value.get("path")
         if given:
-            path = given if os.path.isabs(given) else paths.join(folder, given)
+            path = given if paths.is_remote(given) or os.path.isabs(given) else paths.join(folder, given)
             if paths.isfile(path):
                 return path
     return Missing("no audio in row (neither bytes nor a readable path)")
 
 
-def items(folder: str, split: str, relatives: list[str]) -> Iterator[tuple[str, object, dict]]:
-    for relative in sorted(relatives):
-        path, row_number = paths.join(folder, relative), 0
-        try:
-            for batch in _batches(path):
-                column = _audio_column(batch.schema, relative)
-                for row in batch.to_pylist():
-                    name = f"{split}/{_row_id(row, column, relative, row_number)}"
-                    row_number += 1
-                    audio, captions = _audio(folder, row.get(column)), _captions(row)
-                    if not captions and not isinstance(audio, Missing):
-                        audio = Missing("no caption")
-                    yield (
-                        name,
-                        audio,
-                        {
-                            "captions": captions,
-                            "tags": [str(t) for t in (row.get("tags") or [])],
-                            "source": str(row.get("source") or ""),
-                            "licence": str(row.get("licence") or row.get("license") or ""),
-                            "recording": "",
-                        },
-                    )
-        except (pa.ArrowException, OSError) as err:
-            yield f"{relative}:{row_number}", Missing(f"unreadable file from this row: {err}"), {}
+def items(folder: str, split: str, relative: str) -> Iterator[tuple[str, object, dict]]:
+    """The rows of one file (``relative`` to ``folder``) of ``split``."""
+    path, row_number = paths.join(folder, relative), 0
+    try:
+        for batch in _batches(path):
+            column = _audio_column(batch.schema, relative)
+            for row in batch.to_pylist():
+                name = f"{split}/{_row_id(row, column, relative, row_number)}"
+                row_number += 1
+                audio, captions = _audio(folder, row.get(column)), _captions(row)
+                if not captions and not isinstance(audio, Missing):
+                    audio = Missing("no caption")
+                yield (
+                    name,
+                    audio,
+                    {
+                        "captions": captions,
+                        "tags": [str(t) for t in (row.get("tags") or [])],
+                        "source": str(row.get("source") or ""),
+                        "licence": str(row.get("licence") or row.get("license") or ""),
+                        "recording": "",
+                    },
+                )
+    except (pa.ArrowException, OSError) as err:
+        yield f"{relative}:{row_number}", Missing(f"unreadable file from this row: {err}"), {}
 
 
 def _row_id(row: dict, audio_column: str, relative: str, number: int) -> str:

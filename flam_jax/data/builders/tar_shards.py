@@ -71,40 +71,39 @@ def _texts(value) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def items(shard_paths: list[str]) -> Iterator[tuple[str, object, dict]]:
-    """(id, audio bytes or Missing, features) of every sample of the shards."""
-    for shard in shard_paths:
-        stem = os.path.basename(shard).removesuffix(".tar")
-        for key, parts in _samples(shard):
-            name = f"{stem}/{key}"
-            # "KEY.flac", or "KEY.48k.flac" (webdataset's extension is all after the first dot)
-            audio = next((data for ext, data in parts.items() if ext.rsplit(".", 1)[-1] in _AUDIO), None)
-            meta, captions = {}, []
-            if "json" in parts:
-                try:
-                    meta = json.loads(parts["json"].decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    yield name, Missing("unreadable json member"), {}
-                    continue
-                if not isinstance(meta, dict):
-                    yield name, Missing("json member is not an object"), {}
-                    continue
-                captions = _texts(meta.get("text", meta.get("captions", meta.get("caption"))))
-            if not captions and "txt" in parts:
-                captions = _texts(parts["txt"].decode("utf-8", "replace").splitlines())
-            if audio is None:
-                yield name, Missing("no audio member"), {}
-            elif not captions:
-                yield name, Missing("no caption"), {}
-            else:
-                yield (
-                    name,
-                    audio,
-                    {
-                        "captions": captions,
-                        "tags": _texts(meta.get("tags", meta.get("tag"))),
-                        "source": str(meta.get("source", "")),
-                        "licence": str(meta.get("licence", meta.get("license", ""))),
-                        "recording": "",
-                    },
-                )
+def items(shard: str) -> Iterator[tuple[str, object, dict]]:
+    """(id, audio bytes or Missing, features) of every sample of one shard."""
+    stem = os.path.basename(shard).removesuffix(".tar")
+    for key, parts in _samples(shard):
+        name = f"{stem}/{key}"
+        # "KEY.flac", or "KEY.48k.flac" (webdataset's extension is all after the first dot)
+        audio = next((data for ext, data in parts.items() if ext.rsplit(".", 1)[-1] in _AUDIO), None)
+        meta, captions = {}, []
+        if "json" in parts:
+            try:
+                meta = json.loads(parts["json"].decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                yield name, Missing("unreadable json member"), {}
+                continue
+            if not isinstance(meta, dict):
+                yield name, Missing("json member is not an object"), {}
+                continue
+            captions = _texts(meta.get("text", meta.get("captions", meta.get("caption"))))
+        if not captions and "txt" in parts:
+            captions = _texts(parts["txt"].decode("utf-8", "replace").splitlines())
+        if audio is None:
+            yield name, Missing("no audio member"), {}
+        elif not captions:
+            yield name, Missing("no caption"), {}
+        else:
+            yield (
+                name,
+                audio,
+                {
+                    "captions": captions,
+                    "tags": _texts(meta.get("tags", meta.get("tag"))),
+                    "source": str(meta.get("source", "")),
+                    "licence": str(meta.get("licence", meta.get("license", ""))),
+                    "recording": "",
+                },
+            )
