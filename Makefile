@@ -18,6 +18,8 @@ $(STAMP): requirements.txt requirements-demo.txt requirements-test.txt requireme
 	$(PIP) install -q --no-deps openflam==1.0.2
 	# datasets 4.8.5 (test fixtures only) pins fsspec<=2026.2.0; gcsfs needs a newer one.
 	$(PIP) install -q --no-deps datasets==4.8.5
+	# laion_clap 1.1.7 (the CLAP converter's test oracle) pins numpy<2: stale in the same way.
+	$(PIP) install -q --no-deps laion_clap==1.1.7
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 

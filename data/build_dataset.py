@@ -5,7 +5,7 @@
     python data/build_dataset.py --kind=captioned --config=webdataset --manual-dir=gs://b/wavcaps --data-dir=D
 
 Kinds: clips, strong, pairs (audiocaps|clotho), classification (esc50|urbansound8k),
-captioned (webdataset|huggingface|wavcaps|fsd50k). Items without audio or caption and
+captioned (webdataset|huggingface|wavcaps|fsd50k), grounding. Items without audio or caption and
 undecodable clips are skipped and named at the end; more than --max-errors stop the build.
 --workers=N encodes in N processes; --beam runs the captioned kind on an Apache Beam
 runner (flam_jax/data/builders/beam_build.py; pip install -r requirements-beam.txt).

@@ -327,6 +327,7 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
         "clotho",
         "esc50",
         "us8k",
+        "audiogrounding",
         "simulated",
     }
 

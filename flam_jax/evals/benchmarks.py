@@ -23,7 +23,7 @@ from flam_jax.errors import DataError, InputError
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     name: str
-    task: str  # "sed" (closed-set classes), "sed-open" (captions), "retrieval", "zeroshot"
+    task: str  # "sed" (closed-set classes), "sed-open" (captions), "grounding", "retrieval", "zeroshot"
     kind: str  # data builder kind
     config: str | None  # builder config
     splits: tuple[str, ...]  # first one present is used unless --split is given
@@ -41,6 +41,15 @@ BENCHMARKS = {
         ),
         Benchmark(
             "maestro", "sed", "strong", None, ("test", "validation"), description="MAESTRO real (MPAUC)"
+        ),
+        Benchmark(
+            "audiogrounding",
+            "grounding",
+            "grounding",
+            None,
+            ("test", "validation"),
+            auroc="micro",  # pooled over every (clip, phrase) pair's frames (evals/grounding.py)
+            description="AudioGrounding v2 (text-to-audio grounding)",
         ),
         Benchmark("audiocaps", "retrieval", "pairs", "audiocaps", ("test",), description="AudioCaps test"),
         Benchmark("clotho", "retrieval", "pairs", "clotho", ("test",), description="Clotho evaluation"),
@@ -82,6 +91,7 @@ class Item:
     captions: list[str] = dataclasses.field(default_factory=list)
     label: str = ""
     label_id: int = -1
+    recording: str = ""  # the audio file, where several items (captions) share one
 
 
 def open_source(bench: Benchmark, data_dir: str, split: str | None = None, cache_dir: str | None = None):
@@ -138,6 +148,8 @@ def read_items(source) -> list[Item]:
             ]
         if "captions" in record:
             item.captions = [_text(c) for c in record["captions"]]
+        if "recording" in record:
+            item.recording = _text(record["recording"])
         if "label" in record:
             item.label = _text(record["label"])
             item.label_id = int(record["label_id"])

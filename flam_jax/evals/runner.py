@@ -11,6 +11,8 @@ Audio follows ``flam_jax.timeline`` (FLAM_SPEC §7 leaves long audio to the impl
   most 0.5 s of audio is dropped. Clips of ≤ 10 s are one window.
 - Global embeddings (retrieval, zero-shot): the timeline's global rule, the one
   ``FLAM.embed_windows`` and flam-search use.
+- Grounding (AudioGrounding): each (clip, phrase) pair on its own clip, in the SED
+  windows; the protocol is ``evals.grounding``'s.
 """
 
 import sys
@@ -24,7 +26,7 @@ from flam_jax.data.builders.common import humanise_label
 from flam_jax.data.builders.ontology import label_names
 from flam_jax.data.pools import RecordPool
 from flam_jax.errors import InputError
-from flam_jax.evals import sed
+from flam_jax.evals import grounding, sed
 from flam_jax.evals.benchmarks import Benchmark, Item, get_benchmark, open_source, read_items
 from flam_jax.evals.event_based import event_f1, segment_f1
 from flam_jax.evals.hook import mixture_queries, simulate_mixtures
@@ -105,6 +107,44 @@ def score_items(
             scores.append(block[: len(owners)])
             bar.update(len(owners))
     return np.concatenate(scores).astype(np.float32), index
+
+
+def score_pairs(model, items: Sequence[Item], pairs, batch_size: int, progress: bool, method="unbiased"):
+    """Frame scores [files, 1, F] of every grounding pair in each SED window of its own
+    clip, and each file's (pair, window k). Each phrase is embedded once, in clip order,
+    so one batch of windows needs only a chunk or two of text embeddings; a recording
+    that several items (captions) share is read and embedded once."""
+    queries = list(dict.fromkeys(pair.query for pair in pairs))
+    position = {query: n for n, query in enumerate(queries)}
+    text_chunks = _embed_texts(model, queries)
+    of_recording: dict[str, list[int]] = {}  # recording → its pairs
+    reader: dict[str, int] = {}  # recording → the item whose audio is read
+    for n, pair in enumerate(pairs):
+        key = items[pair.item].recording or items[pair.item].id
+        of_recording.setdefault(key, []).append(n)
+        reader.setdefault(key, pair.item)
+
+    def windows():
+        for key, i in reader.items():
+            for k, w in enumerate(sed_windows(items[i].audio())):
+                yield (key, k), w
+
+    total = sum(len(sed_window_starts(items[i].num_samples)) for i in reader.values())
+    rows, index = [], []
+    with _progress(total, "scoring", progress) as bar:
+        for owners, batch in _batches(windows(), batch_size):
+            audio = model.embed_audio(batch)
+            needed = sorted(
+                {position[pairs[n].query] // TEXT_CHUNK for key, _ in owners for n in of_recording[key]}
+            )
+            blocks = {c: np.asarray(model.frame_scores(audio, text_chunks[c], method)) for c in needed}
+            for b, (key, k) in enumerate(owners):
+                for n in of_recording[key]:
+                    chunk, row = divmod(position[pairs[n].query], TEXT_CHUNK)
+                    rows.append(blocks[chunk][b, row])
+                    index.append((n, k))
+            bar.update(len(owners))
+    return np.stack(rows)[:, None, :].astype(np.float32), index
 
 
 def global_embeddings(model, items: Sequence[Item], batch_size: int, progress: bool) -> np.ndarray:
@@ -226,6 +266,17 @@ def _examples(scores, events, class_names, names, count: int = 4) -> list[dict]:
     return out
 
 
+def run_grounding(model, items, bench: Benchmark, batch_size: int, progress: bool, method="unbiased"):
+    pair_list = grounding.pairs(items)
+    if not pair_list:
+        raise InputError(f"{bench.name}: no phrases in this split, nothing to ground")
+    scores, index = score_pairs(model, items, pair_list, batch_size, progress, method)
+    events = [window_events(pair_list[n].events, k) for n, k in index]
+    metrics, curves = grounding.grounding_metrics(scores, events)
+    metrics.update(items=len(items), pairs=len(pair_list))
+    return metrics, curves, grounding.examples(items, pair_list, index, scores, events)
+
+
 def run_retrieval(model, items, bench: Benchmark, batch_size: int, progress: bool):
     captions, owner = [], []
     for i, item in enumerate(items):
@@ -309,6 +360,10 @@ def evaluate(
         names = label_names(data_dir, label_file)
         metrics, curves, examples = run_sed(
             model, read_items(source), bench, batch_size, progress, names, method
+        )
+    elif bench.task == "grounding":
+        metrics, curves, examples = run_grounding(
+            model, read_items(source), bench, batch_size, progress, method
         )
     elif bench.task == "retrieval":
         metrics, curves, examples = run_retrieval(model, read_items(source), bench, batch_size, progress)

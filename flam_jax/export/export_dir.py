@@ -3,14 +3,18 @@
     EXPORT_DIR/
       config.json          {"format": "flam_jax.export", "version": 1,
                             "model": {config.model keys}, "tokenizer": "tokenizer" | null,
-                            "source": free text}
+                            "source": free text, "untrained": [module, ...] (optional)}
       params.safetensors   float32 weights keyed by dotted nnx path
                            (``audio.layers.0.blocks.1.attn.qkv.kernel``, ``text.pooler.bias``,
                            ``audio.frontend.bn0.mean`` ...): every nnx.Param and BatchStat
       tokenizer/           the tokenizer files (``data.tokenizers.load_tokenizer`` reads them)
 
 The model is rebuilt from ``model`` with ``models.flam.build_model`` and must match the
-stored weights exactly (names and shapes).
+stored weights exactly (names and shapes), except the top-level modules listed under
+``untrained``: a starting point converted from another codebase (``export.from_clap``:
+LAION-CLAP has no per-text heads; an HTS-AT checkpoint has only the audio tower) stores
+none of their weights. As ``train.init_from`` those stay fresh; ``load_export`` gives them
+the model's own initial values (seed 0) and warns, since their outputs mean nothing yet.
 
 An export appears whole or not at all (``staged_export``): it is written into a sibling
 folder ``.NAME.partial-<id>`` and only then moved into place, so a failure midway leaves
@@ -38,7 +42,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +55,7 @@ from flam_jax import paths
 from flam_jax.config import base_config
 from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
-from flam_jax.export.weights import set_weights
+from flam_jax.export.weights import set_weights, weight_values
 from flam_jax.jsonfile import read_json
 from flam_jax.models.flam import build_model
 
@@ -66,18 +71,36 @@ def model_config_dict(model_config) -> dict:
     return dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
 
 
-def save_export(out_dir: str, weights: dict[str, np.ndarray], model_config, tokenizer=None, source: str = ""):
+def save_export(
+    out_dir: str,
+    weights: dict[str, np.ndarray],
+    model_config,
+    tokenizer=None,
+    source: str = "",
+    untrained: Sequence[str] = (),
+):
     """Write an export directory (local or remote) from a flat weight dict
     (``export.weights.get_weights``), whole: an export already there is replaced only once
-    the new one is complete (``staged_export``)."""
+    the new one is complete (``staged_export``). ``untrained``: top-level modules whose
+    weights are left out (see the module docstring)."""
     with staged_export(out_dir) as stage:
-        write_export_files(stage, weights, model_config, tokenizer, source)
+        write_export_files(stage, weights, model_config, tokenizer, source, untrained)
+
+
+def _in_modules(name: str, modules: Sequence[str]) -> bool:
+    return name.split(".", 1)[0] in modules
 
 
 def write_export_files(
-    out_dir: str, weights: dict[str, np.ndarray], model_config, tokenizer=None, source: str = ""
+    out_dir: str,
+    weights: dict[str, np.ndarray],
+    model_config,
+    tokenizer=None,
+    source: str = "",
+    untrained: Sequence[str] = (),
 ) -> None:
     """The files of an export, written straight into ``out_dir`` (a staging folder)."""
+    weights = {k: v for k, v in weights.items() if not _in_modules(k, untrained)}
     paths.makedirs(out_dir)
     tokenizer_entry = None
     if tokenizer is not None:
@@ -94,6 +117,8 @@ def write_export_files(
         "tokenizer": tokenizer_entry,
         "source": source,
     }
+    if untrained:
+        config["untrained"] = sorted(untrained)
     paths.write_text(paths.join(out_dir, CONFIG_FILE), json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -258,16 +283,49 @@ def _materialise_rng_state(model: nnx.Module, seed: int = 0) -> None:
     nnx.update(model, nnx.from_flat_state(flat))
 
 
+def untrained_modules(config: dict, where: str) -> tuple[str, ...]:
+    """The export's ``untrained`` list, checked to be names of modules."""
+    modules = config.get("untrained", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ModelLoadError(f"{where}: 'untrained' must be a list of module names, got {modules!r}")
+    return tuple(modules)
+
+
+def initial_weights(model_config, modules: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
+    """The model's own initial values of the named top-level modules. Only their
+    initialisers survive in the compiled program (the rest is dead code)."""
+
+    def init():
+        model = build_model(model_config, rngs=nnx.Rngs(seed))
+        return {k: v for k, v in weight_values(model).items() if _in_modules(k, modules)}
+
+    return {k: np.asarray(v) for k, v in jax.jit(init)().items()}
+
+
 def load_export(export_dir: str):
-    """(model, model_config, tokenizer or None) from an export directory (local or remote)."""
+    """(model, model_config, tokenizer or None, untrained modules) from an export directory
+    (local or remote)."""
     config = read_config(export_dir)
-    model_cfg = full_model_config(config["model"], paths.join(export_dir, CONFIG_FILE))
+    where = paths.join(export_dir, CONFIG_FILE)
+    model_cfg = full_model_config(config["model"], where)
+    untrained = untrained_modules(config, where)
     params_path = paths.join(export_dir, PARAMS_FILE)
     if not paths.isfile(params_path):
         raise ModelLoadError(f"{export_dir} has no {PARAMS_FILE}")
     weights = read_params(params_path)
     try:
         model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
+        if untrained:
+            stored = sorted(k for k in weights if _in_modules(k, untrained))
+            if stored:
+                raise ModelLoadError(f"{params_path} holds {stored[0]}, of a module listed as untrained")
+            weights = {**weights, **initial_weights(model_cfg, untrained)}
+            warnings.warn(
+                f"{export_dir}: {', '.join(untrained)} never trained (a converted starting point, "
+                f"{config.get('source') or 'no source named'}); use it as train.init_from"
+                + ("; frame scores need method='cosine'" if "audio" not in untrained else ""),
+                stacklevel=2,
+            )
         set_weights(model, weights, what=params_path)
     except CheckpointError as err:
         raise ModelLoadError(str(err)) from err
@@ -277,4 +335,4 @@ def load_export(export_dir: str):
     tokenizer = None
     if config.get("tokenizer"):
         tokenizer = load_tokenizer(paths.join(export_dir, config["tokenizer"]), model_cfg.context_length)
-    return model, model_cfg, tokenizer
+    return model, model_cfg, tokenizer, untrained

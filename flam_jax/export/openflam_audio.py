@@ -49,22 +49,25 @@ class _Reader:
             raise CheckpointError(f"{full} has shape {tuple(value.shape)}, expected {tuple(shape)}")
         return value
 
-    def check(self, key: str, expected: np.ndarray, *, exact: bool = False) -> None:
-        """The stored buffer must equal what we recompute (to float tolerance unless exact)."""
-        stored = self.get(key, expected.shape)
+    def check(self, key: str, *candidates: np.ndarray, exact: bool = False) -> int | None:
+        """The stored buffer must equal one of the ``candidates`` we recompute (to float
+        tolerance unless exact); returns the index of the one it equals."""
+        stored = self.get(key, candidates[0].shape)
         if stored is None:
-            return
-        if exact:
-            ok = np.array_equal(stored, expected)
-        else:
-            eps = np.finfo(stored.dtype).eps if np.issubdtype(stored.dtype, np.floating) else 0.0
-            atol = max(1e-6, 8 * eps) * max(1.0, float(np.abs(expected).max()))
-            ok = np.allclose(stored.astype(np.float64), expected, rtol=0.0, atol=atol)
-        if not ok:
-            raise CheckpointError(
-                f"{self.prefix + key} disagrees with the recomputed buffer; the checkpoint is not "
-                "the HTS-AT front end/geometry this model implements"
-            )
+            return None
+        for index, expected in enumerate(candidates):
+            if exact:
+                ok = np.array_equal(stored, expected)
+            else:
+                eps = np.finfo(stored.dtype).eps if np.issubdtype(stored.dtype, np.floating) else 0.0
+                atol = max(1e-6, 8 * eps) * max(1.0, float(np.abs(expected).max()))
+                ok = np.allclose(stored.astype(np.float64), expected, rtol=0.0, atol=atol)
+            if ok:
+                return index
+        raise CheckpointError(
+            f"{self.prefix + key} disagrees with the recomputed buffer; the checkpoint is not "
+            "the HTS-AT front end/geometry this model implements"
+        )
 
 
 def _f32(x: np.ndarray | None) -> np.ndarray | None:
@@ -106,18 +109,26 @@ def _attention(read: _Reader, key: str, dim: int, heads: int, window: int) -> di
 
 
 def convert_htsat(
-    state: Mapping[str, np.ndarray], cfg: HTSATConfig, *, prefix: str = PREFIX
+    state: Mapping[str, np.ndarray],
+    cfg: HTSATConfig,
+    *,
+    prefix: str = PREFIX,
+    mel_sample_rates: tuple[int, ...] = (frontend.SAMPLE_RATE,),
 ) -> tuple[dict, set[str]]:
     """Map ``prefix``-keyed numpy tensors to HTSAT's Param/BatchStat pure dict.
 
     Returns (nested dict, keys used). Keys outside ``prefix`` are ignored; keys under it
-    that were not used (or missing ones) raise a CheckpointError listing them.
+    that were not used (or missing ones) raise a CheckpointError listing them. The stored
+    mel filterbank must be the one of a rate in ``mel_sample_rates``: the original HTS-AT
+    was trained at 32 kHz, whose 64 bands over 50 Hz–14 kHz are the same bands our 48 kHz
+    front end computes (LAION-CLAP starts from it the same way); ours is what is used.
     """
     read = _Reader(state, prefix)
     real, imag = frontend.dft_kernels()
     read.check("spectrogram_extractor.stft.conv_real.weight", real[:, None, :])
     read.check("spectrogram_extractor.stft.conv_imag.weight", imag[:, None, :])
-    read.check("logmel_extractor.melW", frontend.mel_matrix().astype(np.float64))
+    mels = [frontend.mel_matrix(sample_rate=rate).astype(np.float64) for rate in mel_sample_rates]
+    read.check("logmel_extractor.melW", *mels)
     for key in _DROPPED:
         if prefix + key in state:
             read.used.add(prefix + key)

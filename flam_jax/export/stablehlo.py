@@ -29,7 +29,7 @@ from flax import nnx
 
 from flam_jax import paths, timeline
 from flam_jax.errors import ModelLoadError
-from flam_jax.export.export_dir import load_export, read_params
+from flam_jax.export.export_dir import load_export, read_config, read_params, untrained_modules
 from flam_jax.export.stablehlo_runtime import (
     FORMAT,
     MANIFEST,
@@ -56,7 +56,11 @@ def _lower_platforms(requested):
 
 def export_stablehlo(export_dir: str, *, platforms=None) -> list[str]:
     """Serialise embed_audio, embed_text and frame_scores of ``export_dir`` into ``stablehlo/``."""
-    model, model_config, tokenizer = load_export(export_dir)
+    untrained = untrained_modules(read_config(export_dir), export_dir)
+    if untrained:  # a starting point, not a model: its untrained parts would be serialised as data
+        parts = ", ".join(untrained)
+        raise ModelLoadError(f"{export_dir} is a starting point ({parts} untrained); train it first")
+    model, model_config, tokenizer, _ = load_export(export_dir)
     stored = read_params(paths.join(export_dir, PARAMS_FILE))
     graphdef, weight_state, rest = nnx.split(model, WEIGHT_TYPES, ...)
     flat = list(nnx.to_flat_state(weight_state))

@@ -33,9 +33,12 @@ def weight_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 def get_weights(module: nnx.Module) -> dict[str, np.ndarray]:
     """{dotted path: host array} of every parameter and batch statistic."""
-    return {
-        param_name(path, EXPORT_SEP): np.asarray(var.get_value()) for path, var in _flat_variables(module)
-    }
+    return {name: np.asarray(value) for name, value in weight_values(module).items()}
+
+
+def weight_values(module: nnx.Module) -> dict:
+    """{dotted path: value} as held (tracers inside a jit): ``get_weights`` without the copy."""
+    return {param_name(path, EXPORT_SEP): var.get_value() for path, var in _flat_variables(module)}
 
 
 def set_weights(module: nnx.Module, weights: Mapping[str, np.ndarray], *, what: str = "weights") -> None:

@@ -208,12 +208,13 @@ class _Rows:
 class FLAM:
     """A loaded FLAM model with its tokenizer."""
 
-    def __init__(self, model, model_config, tokenizer=None, *, max_batch: int = 8):
+    def __init__(self, model, model_config, tokenizer=None, untrained=(), *, max_batch: int = 8):
         if max_batch < 1 or max_batch & (max_batch - 1):
             raise InputError(f"max_batch must be a power of two, got {max_batch}")
         self.model = model
         self.model_config = model_config
         self.tokenizer = tokenizer
+        self.untrained = tuple(untrained)  # modules a converted starting point does not have
         self.max_batch = max_batch
         graphdef, state = nnx.split(model)
 
@@ -235,7 +236,9 @@ class FLAM:
         return cls(*load_export(os.fspath(export_dir)), **kwargs)
 
     def save(self, out_dir: str, source: str = "") -> None:
-        save_export(out_dir, get_weights(self.model), self.model_config, self.tokenizer, source=source)
+        save_export(
+            out_dir, get_weights(self.model), self.model_config, self.tokenizer, source, self.untrained
+        )
 
     @property
     def num_frames(self) -> int:

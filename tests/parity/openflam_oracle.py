@@ -83,7 +83,7 @@ def build_openflam(audio_size: str, text_layers: int, tokenizer_dir: str, seed: 
             fabric=lightning.Fabric(accelerator="cpu", devices=1),
             cache_dir="/nonexistent-offline",
         )
-    _randomize(flam, seed)
+    spread_weights(flam, seed)
     wrapper = openflam.OpenFLAM.__new__(openflam.OpenFLAM)
     torch.nn.Module.__init__(wrapper)
     wrapper.model = flam.eval()
@@ -91,7 +91,7 @@ def build_openflam(audio_size: str, text_layers: int, tokenizer_dir: str, seed: 
 
 
 @torch.no_grad()
-def _randomize(flam, seed: int) -> None:
+def spread_weights(flam, seed: int) -> None:
     """Non-trivial values where the defaults are constants (norms, biases, bn0 statistics)."""
     gen = torch.Generator().manual_seed(seed + 1)
     for param in flam.parameters():

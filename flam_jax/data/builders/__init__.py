@@ -9,7 +9,8 @@ split's index after checking that it still describes the records (``write_index`
 Kinds: ``clips`` (flam_clips), ``strong`` (flam_strong), ``pairs`` (flam_pairs/audiocaps,
 flam_pairs/clotho), ``classification`` (flam_classification/esc50, .../urbansound8k),
 ``captioned`` (flam_captioned/webdataset, .../huggingface, .../wavcaps, .../fsd50k: corpora
-in their own layouts, long recordings cut into 10 s pieces).
+in their own layouts, long recordings cut into 10 s pieces), ``grounding`` (flam_grounding:
+AudioGrounding's captions with timed phrases).
 """
 
 import functools
@@ -22,6 +23,7 @@ from flam_jax.data.builders import beam_build, common
 from flam_jax.data.builders.captioned import FlamCaptioned
 from flam_jax.data.builders.classification import FlamClassification
 from flam_jax.data.builders.clips import FlamClips
+from flam_jax.data.builders.grounding import FlamGrounding
 from flam_jax.data.builders.pairs import FlamPairs
 from flam_jax.data.builders.strong import FlamStrong
 from flam_jax.data.index import ClipIndex, build_index, check_index, read_index
@@ -33,6 +35,7 @@ BUILDERS = {
     "pairs": FlamPairs,
     "classification": FlamClassification,
     "captioned": FlamCaptioned,
+    "grounding": FlamGrounding,
 }
 
 
@@ -90,6 +93,8 @@ def build(
     if beam is not None and kind != "captioned":
         raise DataError(f"a Beam build reads the captioned kind's corpora, not {kind!r}")
     builder = _builder(kind, data_dir, config, max_errors, workers, beam is not None)
+    if not paths.listdir(manual_dir):  # TFDS would fail an assertion (a traceback) on it
+        raise DataError(f"manual directory is empty: {manual_dir}")
     tfds.disable_progress_bar()
     mode = tfds.download.GenerateMode
     builder.download_and_prepare(
