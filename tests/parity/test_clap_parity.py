@@ -85,6 +85,9 @@ def test_tiny_converts_to_a_starting_point_without_per_text_heads(tiny):
     torch_state = tiny.ref.state_dict()
     np.testing.assert_array_equal(stored["logit_scale"], torch_state["logit_scale_a"].numpy())
     assert any("scale_head" in w and "cosine" in w for w in tiny.warnings)
+    # FLAM.load gave the absent heads the model's own initial values (α ≈ 10, β ≈ −8).
+    text = tiny.ours.embed_text(CAPTIONS)
+    assert np.all(np.abs(np.log(text.alpha) - np.log(10.0)) < 1.0) and np.all(np.abs(text.beta + 8.0) < 1.0)
     left_out = (
         "left out 14 tensors (audio_branch.head, audio_branch.tscam_conv, audio_transform, logit_scale_t"
     )
