@@ -230,6 +230,16 @@ class FLAM:
         self._text_fn = jax.jit(text_fn)
         self._score_fn = jax.jit(frame_scores, static_argnums=4)
 
+    def _check_method(self, method: str) -> None:
+        """A known method, and one that does not read heads a starting point never trained."""
+        check_method(method)
+        untrained = [m for m in ("scale_head", "bias_head") if m in self.untrained]
+        if untrained and method != "cosine":
+            raise InputError(
+                f"this model's {' and '.join(untrained)} were never trained (a converted starting "
+                f"point): method {method!r} needs them; use method 'cosine' or train it first"
+            )
+
     @classmethod
     def load(cls, export_dir: str, **kwargs) -> FLAM:
         """Open an export directory; ModelLoadError if it is missing, corrupt or inconsistent."""
@@ -311,7 +321,7 @@ class FLAM:
         self, audio: AudioEmbedding, text: TextEmbedding, method: str = "unbiased"
     ) -> np.ndarray:
         """[B, N, F] frame scores of every text against every clip."""
-        check_method(method)
+        self._check_method(method)
         return np.asarray(self._score_fn(audio.frames, text.emb, text.alpha, text.beta, method))
 
     # ---- recordings of any length ------------------------------------------------------
@@ -440,7 +450,7 @@ class FLAM:
 
     def window_scores(self, windows: WindowEmbedding, texts, method: str = "unbiased") -> Timeline:
         """Timeline scores of indexed windows (``embed_windows``) against texts."""
-        check_method(method)
+        self._check_method(method)
         text = self._texts(texts)
         per_window = self._bucketed_scores(windows.frames, text, method)
         scores = timeline.average_windows(per_window, windows.starts, windows.num_samples)
@@ -456,7 +466,7 @@ class FLAM:
         16-bit 48 kHz mono WAV): 1 h in 23 s at 0.76 GB peak RSS, 10 h in 282 s at 0.86 GB;
         the same 1 h as an array (the in-memory path) took 32 s at 2.87 GB.
         """
-        check_method(method)
+        self._check_method(method)
         text = self._texts(texts)
         hop = timeline.hop_samples(hop_s, self.num_frames)
         if _is_path(audio):

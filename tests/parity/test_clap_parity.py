@@ -24,7 +24,7 @@ from flax import nnx
 from openflam_oracle import CAPTIONS, parity_clips, write_bpe_files
 
 from flam_jax.cli.convert_clap import main as convert_main
-from flam_jax.errors import ModelLoadError
+from flam_jax.errors import InputError, ModelLoadError
 from flam_jax.infer.api import FLAM
 
 EMB_TOL = 1e-4
@@ -88,6 +88,11 @@ def test_tiny_converts_to_a_starting_point_without_per_text_heads(tiny):
     # FLAM.load gave the absent heads the model's own initial values (α ≈ 10, β ≈ −8).
     text = tiny.ours.embed_text(CAPTIONS)
     assert np.all(np.abs(np.log(text.alpha) - np.log(10.0)) < 1.0) and np.all(np.abs(text.beta + 8.0) < 1.0)
+    # Frame scores that read those heads are refused; the cosine ones are what it can give.
+    audio = tiny.ours.embed_audio(parity_clips()["random"])
+    with pytest.raises(InputError, match="bias_head were never trained.*use method 'cosine'"):
+        tiny.ours.frame_scores(audio, text)
+    assert tiny.ours.frame_scores(audio, text, method="cosine").shape == (1, len(CAPTIONS), 32)
     left_out = (
         "left out 14 tensors (audio_branch.head, audio_branch.tscam_conv, audio_transform, logit_scale_t"
     )
