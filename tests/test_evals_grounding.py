@@ -160,10 +160,10 @@ def test_runner_equals_the_protocol_computed_directly(tmp_path):
 def test_oracle_scores_are_perfect():
     events = [[(1.0, 3.0, "phrase")], [(6.0, 8.5, "phrase")], []]
     labels = runner.events_to_frame_labels(events, ["phrase"], 32).astype(np.float32)
-    metrics, _ = grounding.grounding_metrics(labels, events)
+    metrics, _ = runner.sed_metrics(labels, events, [grounding.CLASS], "micro")
     assert metrics["frame_auroc"] == 1.0 and metrics["psds1"] == pytest.approx(1.0)
-    assert metrics["files"] == 3 and metrics["events"] == 2
-    flipped, _ = grounding.grounding_metrics(1.0 - labels, events)
+    assert metrics["clips"] == 3 and metrics["events"] == 2
+    flipped, _ = runner.sed_metrics(1.0 - labels, events, [grounding.CLASS], "micro")
     assert flipped["frame_auroc"] == 0.0 and flipped["psds1"] == 0.0
 
 

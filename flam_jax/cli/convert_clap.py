@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tokenizer-dir", default=None, help="roberta-base tokenizer files (vocab.json, merges.txt)"
     )
     parser.add_argument(
-        "--text-tower", default="roberta-base", help="htsat: the text tower the export's config names"
+        "--text-tower", default=None, help="htsat: the text tower the export's config names (roberta-base)"
     )
     parser.add_argument(
         "--allow-pickle",

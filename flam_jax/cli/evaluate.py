@@ -16,7 +16,7 @@ from flam_jax.errors import InputError
 from flam_jax.evals.benchmarks import BENCHMARKS, get_benchmark
 from flam_jax.evals.report import markdown_table
 from flam_jax.evals.runner import evaluate
-from flam_jax.evals.suite import SUITES, run_suite, suite_benchmarks
+from flam_jax.evals.suite import SUITES, present_benchmarks, run_suite, suite_benchmarks
 from flam_jax.evals.zeroshot import DEFAULT_TEMPLATE
 from flam_jax.infer.api import FLAM, check_method
 
@@ -92,6 +92,7 @@ def _suite(args) -> int:
     check_method(args.method)
     if args.split is not None:
         raise InputError("--split applies to one --benchmark; a suite uses each benchmark's test split")
+    present_benchmarks(args.data_dir, args.suite)  # no data at all: say so before loading the model
     model = FLAM.load(args.model)
     out = args.out or os.path.join("flam_eval", args.suite)
     result = run_suite(

@@ -11,8 +11,9 @@ FLAM_SPEC §10 names no TAG protocol; this one is a project decision (WORKSPACE 
   with a single class the two agree (the α_st term penalises a spread across classes);
 - frame AUROC pooled (micro) over every file's frames, from raw scores.
 
-The runner (``runner.run_grounding``) calls the model; this module holds what the protocol
-decides: the pairs, their metrics and the examples for the activation-map plot.
+The runner (``runner.run_grounding``) calls the model and scores the files with the SED
+benchmarks' ``sed_metrics`` (one class); this module holds what the protocol decides: the
+pairs and the examples for the activation-map plot.
 """
 
 import dataclasses
@@ -20,7 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flam_jax import timeline
 from flam_jax.evals import sed
 from flam_jax.evals.benchmarks import Item
 from flam_jax.evals.postprocess import events_to_frame_labels
@@ -47,26 +47,6 @@ def pairs(items: Sequence[Item]) -> list[Pair]:
         for phrase, events in segments.items():
             out.append(Pair(i, phrase, tuple(sed.merged_event_lists([events])[0])))
     return out
-
-
-def grounding_metrics(scores: np.ndarray, events: Sequence[Sequence]) -> tuple[dict, dict]:
-    """Frame AUROC and PSDS1 of scores [files, 1, F] against each file's events; (scalars, curves)."""
-    labels = events_to_frame_labels(events, [CLASS], scores.shape[2])
-    auc = sed.frame_auroc(scores, labels)
-    filtered = timeline.median_filter(scores, 3)
-    # One set of operating points serves both PSDS1 protocols.
-    points = sed.intersection_operating_points(filtered, events, [CLASS], dtc=0.7, gtc=0.7)
-    p1 = sed.psds_from_points(points, sed.PSDS1)
-    metrics = {
-        "frame_auroc": auc["micro"],
-        "frame_auroc_micro": auc["micro"],
-        "psds1": p1["psds"],
-        "psds1_alpha_st0": sed.psds_from_points(points, sed.PSDS1_ALPHA_ST0)["psds"],
-        "files": len(scores),
-        "events": int(sum(len(e) for e in sed.merged_event_lists(events))),
-    }
-    curves = {"roc": sed.roc_curve(scores, labels, bins=2000), "psd_roc": (p1["efpr"], p1["etpr"])}
-    return metrics, curves
 
 
 def examples(

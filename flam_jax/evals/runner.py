@@ -272,8 +272,8 @@ def run_grounding(model, items, bench: Benchmark, batch_size: int, progress: boo
         raise InputError(f"{bench.name}: no phrases in this split, nothing to ground")
     scores, index = score_pairs(model, items, pair_list, batch_size, progress, method)
     events = [window_events(pair_list[n].events, k) for n, k in index]
-    metrics, curves = grounding.grounding_metrics(scores, events)
-    metrics.update(items=len(items), pairs=len(pair_list))
+    metrics, curves = sed_metrics(scores, events, [grounding.CLASS], bench.auroc)
+    metrics.update(items=len(items), pairs=len(pair_list), files=len(scores))
     return metrics, curves, grounding.examples(items, pair_list, index, scores, events)
 
 

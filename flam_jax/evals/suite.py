@@ -140,6 +140,17 @@ def markdown(rows: list[dict], title: str, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def present_benchmarks(data_dir: str, suite: str = "paper") -> list[str]:
+    """The benchmarks of ``suite`` with a folder under ``data_dir``; none is a DataError."""
+    names = suite_benchmarks(suite)
+    if not paths.isdir(data_dir):
+        raise DataError(f"data directory not found: {data_dir}")
+    present = [n for n in names if paths.isdir(paths.join(data_dir, n))]
+    if not present:
+        raise DataError(f"{data_dir} holds no benchmark folder (expected any of {', '.join(names)})")
+    return present
+
+
 def run_suite(
     model,
     data_dir: str,
@@ -161,11 +172,7 @@ def run_suite(
     names = suite_benchmarks(suite)
     if batch_size < 1:  # here, not once per benchmark
         raise InputError(f"batch size must be positive, got {batch_size}")
-    if not paths.isdir(data_dir):
-        raise DataError(f"data directory not found: {data_dir}")
-    present = [n for n in names if paths.isdir(paths.join(data_dir, n))]
-    if not present:
-        raise DataError(f"{data_dir} holds no benchmark folder (expected any of {', '.join(names)})")
+    present = present_benchmarks(data_dir, suite)
     log = log or (lambda line: None)
     results = {}
     for name in names:

@@ -19,7 +19,6 @@ from flam_jax.config import base_config
 from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, InputError
 from flam_jax.export import openflam_audio
-from flam_jax.export.export_dir import save_export
 from flam_jax.export.from_hf import map_text_weights
 from flam_jax.export.weights import Conversion, weight_shapes
 from flam_jax.models.configs import HTSAT_CONFIGS, TEXT_CONFIGS
@@ -31,6 +30,18 @@ PROJECTIONS = {"audio_projection": "audio_projection", "text_projection": "text_
 _TOKENIZER_CACHES = ("/tmp/openflam", None)
 # DistributedDataParallel's wrapper prefix, which LAION-CLAP's training saves.
 _DDP_PREFIX = "module."
+
+
+def _numpy_data() -> list:
+    """What a weights-only load may rebuild of numpy: arrays and scalars of plain dtypes.
+    Training checkpoints hold them outside the weights (LAION-CLAP's scheduler writes
+    numpy floats into the optimizer's learning rates); object arrays stay refused."""
+    plain = [
+        getattr(np.dtypes, name)
+        for name in dir(np.dtypes)
+        if name.endswith("DType") and name not in ("ObjectDType", "VoidDType", "StringDType")
+    ]
+    return [np._core.multiarray.scalar, np._core.multiarray._reconstruct, np.ndarray, np.dtype, *plain]
 
 
 def read_torch_state(path: str, *, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -45,7 +56,8 @@ def read_torch_state(path: str, *, allow_pickle: bool = False) -> dict[str, np.n
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        with torch.serialization.safe_globals(_numpy_data()):
+            state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # pickle errors, zip errors, refused globals
         how = "a torch checkpoint" if allow_pickle else "a weights-only torch checkpoint"
         hint = "" if allow_pickle else " (a file you trust may be read with --allow-pickle)"
@@ -84,18 +96,26 @@ def detect_text_tower(state: Mapping[str, np.ndarray]) -> str:
     )
 
 
-def model_config_for(state: Mapping[str, np.ndarray]):
-    """config.model of the sizes the checkpoint's audio and text branches have (fp32)."""
+def starting_config(audio_size: str, text_tower: str, embed_dim: int = 512):
+    """config.model of a converted export: its sizes, fp32, nothing to load besides it."""
     cfg = base_config().model
-    cfg.audio_size = openflam_audio.detect_htsat_size(state)
-    cfg.text_tower = detect_text_tower(state)
+    cfg.audio_size = audio_size
+    cfg.text_tower = text_tower
     cfg.text_weights = ""
-    cfg.embed_dim = (
-        int(state["audio_projection.2.weight"].shape[0]) if "audio_projection.2.weight" in state else 512
-    )
+    cfg.embed_dim = embed_dim
     cfg.compute_dtype = "float32"
     cfg.remat = "none"
     return cfg
+
+
+def model_config_for(state: Mapping[str, np.ndarray]):
+    """config.model of the sizes the checkpoint's audio and text branches have."""
+    projection = state.get("audio_projection.2.weight")
+    return starting_config(
+        openflam_audio.detect_htsat_size(state),
+        detect_text_tower(state),
+        512 if projection is None else int(projection.shape[0]),
+    )
 
 
 def _flatten(tree: dict, prefix: str) -> dict[str, np.ndarray]:
@@ -175,8 +195,3 @@ def roberta_tokenizer(tokenizer_dir: str | None, model_config, vocab: int, *, re
             f"tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} tokens, the model only {vocab}"
         )
     return tokenizer
-
-
-def save_converted(out_dir: str, weights, model_config, tokenizer, source: str, untrained=()) -> str:
-    save_export(out_dir, weights, model_config, tokenizer, source=source, untrained=untrained)
-    return out_dir

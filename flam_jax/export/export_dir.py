@@ -55,7 +55,7 @@ from flam_jax import paths
 from flam_jax.config import base_config
 from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, ConfigError, FlamError, ModelLoadError
-from flam_jax.export.weights import set_weights, weight_values
+from flam_jax.export.weights import set_weights, weight_shapes, weight_values
 from flam_jax.jsonfile import read_json
 from flam_jax.models.flam import build_model
 
@@ -284,7 +284,8 @@ def _materialise_rng_state(model: nnx.Module, seed: int = 0) -> None:
 
 
 def untrained_modules(config: dict, where: str) -> tuple[str, ...]:
-    """The export's ``untrained`` list, checked to be names of modules."""
+    """The export's ``untrained`` list, checked to be a list of names (``load_export``
+    checks that they name the model's modules)."""
     modules = config.get("untrained", [])
     if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
         raise ModelLoadError(f"{where}: 'untrained' must be a list of module names, got {modules!r}")
@@ -316,6 +317,10 @@ def load_export(export_dir: str):
     try:
         model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
         if untrained:
+            modules = {name.split(".", 1)[0] for name in weight_shapes(model)}
+            unknown = sorted(set(untrained) - modules)
+            if unknown:
+                raise ModelLoadError(f"{where}: untrained {unknown[0]!r} is not a module of this model")
             stored = sorted(k for k in weights if _in_modules(k, untrained))
             if stored:
                 raise ModelLoadError(f"{params_path} holds {stored[0]}, of a module listed as untrained")

@@ -36,6 +36,7 @@ import numpy as np
 from flam_jax.audio import frontend
 from flam_jax.errors import CheckpointError, InputError
 from flam_jax.export import clap_layout, openflam_audio
+from flam_jax.export.export_dir import save_export
 from flam_jax.models.configs import TEXT_CONFIGS
 
 HTSAT_PREFIX = "sed_model."
@@ -49,7 +50,9 @@ CLAP_LEFT_OUT = (
     "text_branch.embeddings.position_ids",
 )
 HTSAT_LEFT_OUT = ("audio_branch.tscam_conv.", "audio_branch.head.")
-FUSION_KEYS = ("audio_branch.fusion_model.", "audio_branch.mel_conv2d.", "audio_branch.mel_conv1d.")
+# laion_clap's fusion layers (htsat.py): under audio_branch.patch_embed for its 2-D fusion
+# types (aff_2d, the default), under audio_branch for the 1-D ones.
+FUSION_MARKS = (".fusion_model.", ".mel_conv2d.", ".mel_conv1d.")
 CLAP_UNTRAINED = ("bias_head", "scale_head")
 HTSAT_UNTRAINED = ("audio_projection", "bias_head", "logit_scale", "scale_head", "text", "text_projection")
 KINDS = ("auto", "clap", "htsat")
@@ -99,7 +102,8 @@ def detect_kind(state: Mapping[str, np.ndarray]) -> str:
 
 
 def _check_audio_branch(state: Mapping[str, np.ndarray], what: str) -> None:
-    fusion = sorted(k for k in state if k.startswith(FUSION_KEYS))
+    audio = (k for k in state if k.startswith(openflam_audio.PREFIX))
+    fusion = sorted(k for k in audio if any(mark in k for mark in FUSION_MARKS))
     if fusion:
         raise CheckpointError(
             f"{what} is a fusion model ({fusion[0]}, …): FLAM's audio tower has no fusion branch; "
@@ -116,15 +120,6 @@ def _split_left_out(state: Mapping[str, np.ndarray], prefixes: tuple[str, ...]):
     return kept, tuple(sorted(set(state) - set(kept)))
 
 
-def _mel_rate(state: Mapping[str, np.ndarray], rates: tuple[int, ...]) -> int:
-    """Which of ``rates`` the stored filterbank was made for (the conversion checked it is one)."""
-    stored = state.get(f"{openflam_audio.PREFIX}logmel_extractor.melW")
-    for rate in rates:
-        if stored is not None and np.allclose(stored, frontend.mel_matrix(sample_rate=rate), atol=1e-6):
-            return rate
-    return rates[0]
-
-
 def clap_weights(state: Mapping[str, np.ndarray]):
     """(weights, model config, left out) of a LAION-CLAP state dict."""
     _check_audio_branch(state, "LAION-CLAP checkpoint")
@@ -136,26 +131,19 @@ def clap_weights(state: Mapping[str, np.ndarray]):
 
 def htsat_weights(state: Mapping[str, np.ndarray], text_tower: str = "roberta-base"):
     """(weights, model config, left out, mel rate) of an HTS-AT release state dict."""
-    if text_tower not in TEXT_CONFIGS:
-        raise InputError(f"text tower {text_tower!r} is not one of {', '.join(sorted(TEXT_CONFIGS))}")
     foreign = sorted(k for k in state if not k.startswith(HTSAT_PREFIX))
     if foreign:
         raise CheckpointError(f"HTS-AT checkpoint: {len(foreign)} keys not in {HTSAT_PREFIX}: {foreign[0]}")
     renamed = {openflam_audio.PREFIX + k[len(HTSAT_PREFIX) :]: v for k, v in state.items()}
     _check_audio_branch(renamed, "HTS-AT checkpoint")
     kept, left_out = _split_left_out(renamed, HTSAT_LEFT_OUT)
-    model_cfg = clap_layout.base_config().model
-    model_cfg.audio_size = openflam_audio.detect_htsat_size(kept)
-    model_cfg.text_tower = text_tower
-    model_cfg.text_weights = ""
-    model_cfg.compute_dtype = "float32"
-    model_cfg.remat = "none"
+    model_cfg = clap_layout.starting_config(openflam_audio.detect_htsat_size(kept), text_tower)
     rates = (frontend.SAMPLE_RATE, 32000)
     conv = clap_layout.convert_towers(
         kept, model_cfg, "HTS-AT checkpoint", untrained=HTSAT_UNTRAINED, mel_sample_rates=rates
     )
-    left = tuple(_as_htsat(k) for k in left_out)
-    return conv.finish(), model_cfg, left, _mel_rate(kept, rates)
+    rate = openflam_audio.mel_sample_rate(kept, rates) or frontend.SAMPLE_RATE
+    return conv.finish(), model_cfg, tuple(_as_htsat(k) for k in left_out), rate
 
 
 def convert(
@@ -164,29 +152,38 @@ def convert(
     *,
     kind: str = "auto",
     tokenizer_dir: str | None = None,
-    text_tower: str = "roberta-base",
+    text_tower: str | None = None,
     allow_pickle: bool = False,
 ) -> Converted:
-    """Convert ``checkpoint`` (``kind``: auto, clap or htsat) into the export ``out_dir``."""
+    """Convert ``checkpoint`` (``kind``: auto, clap or htsat) into the export ``out_dir``.
+    ``text_tower`` (htsat only, default roberta-base) names the export's text tower."""
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if text_tower is not None and text_tower not in TEXT_CONFIGS:
+        raise InputError(f"text tower {text_tower!r} is not one of {', '.join(sorted(TEXT_CONFIGS))}")
     state = clap_layout.read_torch_state(checkpoint, allow_pickle=allow_pickle)
     found = detect_kind(state)
     if kind != "auto" and kind != found:
         raise CheckpointError(f"{checkpoint} is a {found} checkpoint, not {kind}")
     source = os.path.abspath(checkpoint)
     if found == "clap":
+        if text_tower is not None:
+            raise InputError(
+                "--text-tower is for HTS-AT checkpoints: a LAION-CLAP one has its own text tower"
+            )
         weights, model_cfg, left_out = clap_weights(state)
         rate, untrained = frontend.SAMPLE_RATE, CLAP_UNTRAINED
         vocab = int(weights["text.word_embeddings.embedding"].shape[0])
         tokenizer = clap_layout.roberta_tokenizer(tokenizer_dir, model_cfg, vocab)
         source = f"LAION-CLAP checkpoint {source}"
     else:
+        text_tower = text_tower or "roberta-base"
         weights, model_cfg, left_out, rate = htsat_weights(state, text_tower)
         untrained = HTSAT_UNTRAINED
-        vocab = TEXT_CONFIGS[text_tower].vocab_size
-        # The text tower is untrained here: a tokenizer is carried along only when at hand.
-        tokenizer = clap_layout.roberta_tokenizer(tokenizer_dir, model_cfg, vocab, required=False)
+        tokenizer = None  # the text tower is untrained: a tokenizer is carried along when given
+        if tokenizer_dir or TEXT_CONFIGS[text_tower].style == "roberta":
+            vocab = TEXT_CONFIGS[text_tower].vocab_size
+            tokenizer = clap_layout.roberta_tokenizer(tokenizer_dir, model_cfg, vocab, required=False)
         source = f"HTS-AT checkpoint {source}"
-    clap_layout.save_converted(out_dir, weights, model_cfg, tokenizer, source, untrained)
+    save_export(out_dir, weights, model_cfg, tokenizer, source=source, untrained=untrained)
     return Converted(out_dir, found, model_cfg.audio_size, model_cfg.text_tower, untrained, left_out, rate)

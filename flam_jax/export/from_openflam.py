@@ -14,6 +14,7 @@ import numpy as np
 
 from flam_jax.errors import CheckpointError
 from flam_jax.export import clap_layout
+from flam_jax.export.export_dir import save_export
 
 # openflam's per-text heads, nn.Sequential like the projections.
 HEADS = {"fc_per_text_logit_scale": "scale_head", "fc_per_text_logit_bias": "bias_head"}
@@ -48,4 +49,5 @@ def convert(checkpoint: str, out_dir: str, tokenizer_dir: str | None = None) -> 
     vocab = int(weights["text.word_embeddings.embedding"].shape[0])
     tokenizer = clap_layout.roberta_tokenizer(tokenizer_dir, model_cfg, vocab)
     source = f"openflam checkpoint {os.path.abspath(checkpoint)}"
-    return clap_layout.save_converted(out_dir, weights, model_cfg, tokenizer, source)
+    save_export(out_dir, weights, model_cfg, tokenizer, source=source)
+    return out_dir

@@ -127,8 +127,7 @@ def convert_htsat(
     real, imag = frontend.dft_kernels()
     read.check("spectrogram_extractor.stft.conv_real.weight", real[:, None, :])
     read.check("spectrogram_extractor.stft.conv_imag.weight", imag[:, None, :])
-    mels = [frontend.mel_matrix(sample_rate=rate).astype(np.float64) for rate in mel_sample_rates]
-    read.check("logmel_extractor.melW", *mels)
+    _check_mel(read, mel_sample_rates)
     for key in _DROPPED:
         if prefix + key in state:
             read.used.add(prefix + key)
@@ -189,6 +188,20 @@ def convert_htsat(
         shown = ", ".join(f"{k} {tuple(np.shape(state[k]))}" for k in unexpected)
         raise CheckpointError(f"unexpected {len(unexpected)} audio key(s): {shown}")
     return out, read.used
+
+
+def _check_mel(read: _Reader, rates: tuple[int, ...]) -> int | None:
+    mels = [frontend.mel_matrix(sample_rate=rate).astype(np.float64) for rate in rates]
+    index = read.check("logmel_extractor.melW", *mels)
+    return None if index is None else rates[index]
+
+
+def mel_sample_rate(
+    state: Mapping[str, np.ndarray], rates: tuple[int, ...], *, prefix: str = PREFIX
+) -> int | None:
+    """The rate of ``rates`` whose mel filterbank the checkpoint stores (None: it stores
+    none); a filterbank of none of them is a CheckpointError, as in ``convert_htsat``."""
+    return _check_mel(_Reader(state, prefix), rates)
 
 
 def detect_htsat_size(state: Mapping[str, np.ndarray], *, prefix: str = PREFIX) -> str:

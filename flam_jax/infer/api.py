@@ -289,6 +289,12 @@ class FLAM:
         longer than the context length is embedded from its first tokens with a warning
         (``FlamWarning``, once per query).
         """
+        untrained = [m for m in ("text", "text_projection") if m in self.untrained]
+        if untrained:
+            raise InputError(
+                f"this model's {' and '.join(untrained)} were never trained (an audio-only starting "
+                "point): it cannot embed text; use it as train.init_from"
+            )
         if self.tokenizer is None:
             raise InputError("this export has no tokenizer; text queries cannot be embedded")
         if isinstance(texts, str):

@@ -102,18 +102,38 @@ def build_clap(audio_size: str, text_layers: int, seed: int = 0):
     return model.eval()
 
 
+def _stepped_optimizer(model):
+    """AdamW after one step with LAION-CLAP's own cosine schedule, which stores numpy
+    floats as the learning rates (what its checkpoints' "optimizer" entry holds)."""
+    from training.scheduler import cosine_lr  # laion_clap/training, on sys.path beside clap_module
+
+    params = [p for p in model.parameters() if p.requires_grad][:4]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    cosine_lr(optimizer, 1e-4, 2, 10)(5)
+    assert isinstance(optimizer.param_groups[0]["lr"], np.floating)
+    return optimizer
+
+
 def save_training_checkpoint(model, path: str) -> str:
-    """As LAION-CLAP's training saves it: DDP-prefixed keys in ``state_dict`` beside the
-    epoch, with the ``position_ids`` buffer transformers < 4.31 stored."""
+    """As LAION-CLAP's training saves it (training/main.py): DDP-prefixed keys in
+    ``state_dict`` beside the epoch, its name and the optimizer, with the ``position_ids``
+    buffer transformers < 4.31 stored."""
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     state["module.text_branch.embeddings.position_ids"] = torch.arange(514)[None]
-    torch.save({"epoch": 45, "name": "offline-test", "state_dict": state}, path)
+    optimizer = _stepped_optimizer(model)
+    torch.save(
+        {"epoch": 45, "name": "offline-test", "state_dict": state, "optimizer": optimizer.state_dict()}, path
+    )
     return path
 
 
 def save_htsat_release(model, path: str, sample_rate: int = 32000) -> str:
-    """The audio branch in the HTS-AT release's Lightning layout (``sed_model.``), with the
-    mel filterbank of ``sample_rate`` that release's front end stores."""
+    """The audio branch in the HTS-AT release's PyTorch Lightning layout (``sed_model.``
+    keys, and the optimizer, scheduler and callback entries Lightning writes beside them),
+    with the mel filterbank of ``sample_rate`` that release's front end stores."""
     import librosa
 
     state = {
@@ -123,14 +143,32 @@ def save_htsat_release(model, path: str, sample_rate: int = 32000) -> str:
     }
     mel = librosa.filters.mel(sr=sample_rate, n_fft=1024, n_mels=64, fmin=50, fmax=14000).T
     state["sed_model.logmel_extractor.melW"] = torch.from_numpy(np.ascontiguousarray(mel))
+    optimizer = _stepped_optimizer(model.audio_branch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
     checkpoint = {
         "epoch": 30,
         "global_step": 100000,
         "pytorch-lightning_version": "1.5.9",
         "state_dict": state,
+        "callbacks": {"ModelCheckpoint": {"monitor": "mAP", "best_model_score": torch.tensor(0.471)}},
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()],
     }
     torch.save(checkpoint, path)
     return path
+
+
+def fusion_audio_keys(audio_size: str = "tiny") -> dict[str, torch.Tensor]:
+    """The extra audio tensors of laion_clap's fusion model (its default ``aff_2d``),
+    built with its own create_htsat_model."""
+    clap_module()
+    from clap_module.htsat import create_htsat_model
+    from clap_module.model import CLAPAudioCfp
+
+    cfg = CLAPAudioCfp(model_type="HTSAT", model_name=audio_size, hop_size=480)
+    fused = create_htsat_model(cfg, enable_fusion=True, fusion_type="aff_2d").state_dict()
+    plain = create_htsat_model(cfg, enable_fusion=False).state_dict()
+    return {f"audio_branch.{k}": v for k, v in fused.items() if k not in plain}
 
 
 @torch.no_grad()

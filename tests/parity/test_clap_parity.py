@@ -16,6 +16,7 @@ import torch
 from clap_oracle import (
     audio_outputs,
     build_clap,
+    fusion_audio_keys,
     save_htsat_release,
     save_training_checkpoint,
     text_embeddings,
@@ -129,6 +130,8 @@ def test_an_htsat_release_checkpoint_becomes_the_audio_tower(tiny, tmp_path, cap
     assert "text" in config["untrained"] and "audio" not in config["untrained"]
     ours, caught = _load(export)
     assert any("text" in w for w in caught)
+    with pytest.raises(InputError, match="text and text_projection were never trained"):
+        ours.embed_text(["a dog"])
     wave = np.stack(list(parity_clips().values()))[:2]
     ref = audio_outputs(tiny.ref, wave)
     features = np.asarray(nnx.jit(lambda model, x: model.audio(x))(ours.model, wave))
@@ -145,7 +148,10 @@ def test_an_htsat_release_checkpoint_becomes_the_audio_tower(tiny, tmp_path, cap
 
 
 def _state(tiny):
-    return torch.load(tiny.checkpoint, weights_only=True)
+    from flam_jax.export.clap_layout import _numpy_data
+
+    with torch.serialization.safe_globals(_numpy_data()):
+        return torch.load(tiny.checkpoint, weights_only=True)
 
 
 def _convert_error(tmp_path, capsys, checkpoint, *extra):
@@ -157,8 +163,11 @@ def _convert_error(tmp_path, capsys, checkpoint, *extra):
 
 def test_fusion_pann_and_stray_keys_are_one_line_errors(tiny, tmp_path, capsys):
     base = _state(tiny)
+    fusion = fusion_audio_keys()
+    assert fusion and all(".fusion_model." in k or ".mel_conv" in k for k in fusion)
+    torch.save({"state_dict": {**base["state_dict"], **fusion}}, tmp_path / "fusion.pt")
+    assert "is a fusion model" in _convert_error(tmp_path, capsys, str(tmp_path / "fusion.pt"))
     cases = {
-        "fusion": ("module.audio_branch.fusion_model.local_att.0.weight", "is a fusion model"),
         "stray": ("module.audio_branch.extra_layer.weight", "unexpected 1 audio key"),
         "stray_text": ("module.text_branch.extra.weight", "unexpected keys: text_branch.extra.weight"),
     }
@@ -185,6 +194,8 @@ class TrainingArgs:
 def test_kind_mismatch_and_pickles_are_refused_with_the_way_out(tiny, tmp_path, capsys):
     err = _convert_error(tmp_path, capsys, tiny.checkpoint, "--kind", "htsat")
     assert "is a clap checkpoint, not htsat" in err
+    err = _convert_error(tmp_path, capsys, tiny.checkpoint, "--text-tower", "roberta-base")
+    assert "--text-tower is for HTS-AT checkpoints" in err
 
     state = _state(tiny)
     state["args"] = TrainingArgs()  # a pickled object, as some training scripts save
@@ -196,6 +207,19 @@ def test_kind_mismatch_and_pickles_are_refused_with_the_way_out(tiny, tmp_path, 
         ["--checkpoint", str(tmp_path / "pickled.pt"), "--tokenizer-dir", tiny.tokenizer_dir, *trusted]
     )
     assert rc == 0
+
+
+def test_an_untrained_list_naming_no_module_is_refused(tiny, tmp_path):
+    import os
+
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    for name in ("params.safetensors", "tokenizer"):
+        os.symlink(f"{tiny.export}/{name}", folder / name)
+    config = json.loads(open(f"{tiny.export}/config.json").read())
+    (folder / "config.json").write_text(json.dumps(dict(config, untrained=["scale_heads", "bias_head"])))
+    with pytest.raises(ModelLoadError, match="untrained 'scale_heads' is not a module of this model"):
+        FLAM.load(str(folder))
 
 
 def test_an_htsat_filterbank_of_another_rate_is_refused(tiny, tmp_path, capsys):
