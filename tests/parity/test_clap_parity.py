@@ -223,6 +223,11 @@ def test_an_untrained_list_naming_no_module_is_refused(tiny, tmp_path):
 
 
 def test_an_htsat_filterbank_of_another_rate_is_refused(tiny, tmp_path, capsys):
+    # LAION's 48 kHz HTS-AT (HTSAT-fullset-imagenet-map=0.467.ckpt) stores our own filterbank.
+    ckpt48 = save_htsat_release(tiny.ref, str(tmp_path / "HTSAT_48k.ckpt"), sample_rate=48000)
+    out = ["--text-tower", "roberta-tiny", "--out", str(tmp_path / "htsat48")]
+    assert convert_main(["--checkpoint", ckpt48, *out]) == 0
+    assert "mel filterbank made for 48 kHz" in capsys.readouterr().out
     ckpt = save_htsat_release(tiny.ref, str(tmp_path / "HTSAT_16k.ckpt"), sample_rate=16000)
     assert "logmel_extractor.melW disagrees" in _convert_error(tmp_path, capsys, ckpt)
 
