@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from openflam_oracle import spread_weights
+from openflam_oracle import roberta_config, spread_weights
 
 FRAME_REPEAT = 32  # HTS-AT repeats each of its 32 frames 32 times (utils.interpolate)
 
@@ -68,24 +68,12 @@ def clap_module():
 
 def build_clap(audio_size: str, text_layers: int, seed: int = 0):
     """laion_clap's CLAP (HTSAT-``audio_size`` + RoBERTa of ``text_layers``), random and spread."""
-    from transformers import RobertaConfig, RobertaModel
+    from transformers import RobertaModel
 
     module = clap_module()
     from clap_module import model as clap_model
 
-    roberta_cfg = RobertaConfig(
-        vocab_size=50265,
-        hidden_size=768,
-        num_hidden_layers=text_layers,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        layer_norm_eps=1e-5,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-    )
+    roberta_cfg = roberta_config(text_layers)
 
     class OfflineRoberta:
         @staticmethod

@@ -39,14 +39,11 @@ def write_bpe_files(directory: str) -> str:
     return directory
 
 
-def build_openflam(audio_size: str, text_layers: int, tokenizer_dir: str, seed: int = 0):
-    """An ``openflam.OpenFLAM`` wrapper around ``FLAM(audio_size, RoBERTa with text_layers)``."""
-    import lightning
-    import openflam  # puts openflam's ``module`` package on sys.path)
-    from module import model as ref_model  # the module openflam's hook uses
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+def roberta_config(text_layers: int):
+    """roberta-base's configuration with ``text_layers`` layers (the download's stand-in)."""
+    from transformers import RobertaConfig
 
-    roberta_cfg = RobertaConfig(
+    return RobertaConfig(
         vocab_size=50265,
         hidden_size=768,
         num_hidden_layers=text_layers,
@@ -59,6 +56,16 @@ def build_openflam(audio_size: str, text_layers: int, tokenizer_dir: str, seed: 
         bos_token_id=0,
         eos_token_id=2,
     )
+
+
+def build_openflam(audio_size: str, text_layers: int, tokenizer_dir: str, seed: int = 0):
+    """An ``openflam.OpenFLAM`` wrapper around ``FLAM(audio_size, RoBERTa with text_layers)``."""
+    import lightning
+    import openflam  # puts openflam's ``module`` package on sys.path)
+    from module import model as ref_model  # the module openflam's hook uses
+    from transformers import RobertaModel, RobertaTokenizer
+
+    roberta_cfg = roberta_config(text_layers)
     vocab, merges = os.path.join(tokenizer_dir, "vocab.json"), os.path.join(tokenizer_dir, "merges.txt")
 
     class OfflineRoberta:
