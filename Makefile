@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: test demo lint format clean-venv
+.PHONY: test demo lint format clean-venv gpu-wheels
 
 # Re-install only when a requirements file or pyproject changes.
 $(STAMP): requirements.txt requirements-demo.txt requirements-test.txt requirements-beam.txt pyproject.toml
@@ -52,3 +52,17 @@ demo: $(DEMO_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The cp312 wheels the GPU image lacks (requirements-gpu.txt), for benchmarks/gpu_check.sh:
+# the device run carries gpu_wheels/ and installs them there without an index.
+GPU_WHEELS := gpu_wheels
+GPU_PLATFORMS := $(foreach n,2_28 2_27 2_24 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+
+gpu-wheels: requirements-gpu.txt
+	mkdir -p $(GPU_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --no-binary=promise --python-version 3.12 \
+		--implementation cp $(GPU_PLATFORMS) -d $(GPU_WHEELS) -r requirements-gpu.txt
+	# promise publishes a source archive only (pure Python): its wheel is built here.
+	$(PYTHON) -m pip wheel -q --no-deps -w $(GPU_WHEELS) $(GPU_WHEELS)/promise-*.tar.gz
+	rm -f $(GPU_WHEELS)/promise-*.tar.gz
+	@ls $(GPU_WHEELS)/*.whl | wc -l | xargs echo "wheels:"; du -sh $(GPU_WHEELS)

@@ -57,7 +57,9 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
 
 
-def export_model(audio_size: str, out: str) -> str:
+def export_model(audio_size: str, out: str, tokenizer=None) -> str:
+    """A random-weight model of ``audio_size`` (MiniLM-L6 text tower) exported to ``out``;
+    ``tokenizer`` defaults to all-MiniLM-L6-v2's (the gpu check brings its own)."""
     import infer_fixtures
     from flax import nnx
 
@@ -70,7 +72,8 @@ def export_model(audio_size: str, out: str) -> str:
     model = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
     set_weights(model, infer_fixtures.random_weights(weight_shapes(model)))
     _materialise_rng_state(model)
-    save_export(out, get_weights(model), cfg, infer_fixtures.tokenizer(), source=f"benchmark {audio_size}")
+    tokenizer = tokenizer or infer_fixtures.tokenizer()
+    save_export(out, get_weights(model), cfg, tokenizer, source=f"benchmark {audio_size}")
     return out
 
 

@@ -8,6 +8,7 @@ Times only the step: batches are synthetic arrays of the pipeline's layout, buil
 and reused, so the input pipeline (see data_throughput.py) is not part of the figure.
 FLOPs per step come from XLA's cost analysis of the compiled step; MFU divides the
 achieved FLOP rate by the device's peak (bf16 dense), when the device is known.
+``measure`` is also the device check's step figure (gpu_sections.py).
 """
 
 import argparse
@@ -23,10 +24,18 @@ sys.path.insert(0, ROOT)
 
 from flam_jax.config import apply_assignments, load_experiment, validate  # noqa: E402
 from flam_jax.data.batches import train_fields  # noqa: E402
+from flam_jax.train.aot import compiled_flops  # noqa: E402
 from flam_jax.train.objective import sed_groups  # noqa: E402
 from flam_jax.train.trainer import Trainer  # noqa: E402
 
+# Dense bf16 tensor-core peak per chip (vendor spec sheets): H100 SXM and H200 SXM 989
+# TFLOP/s, A100 312. Keys are matched against jax's device_kind ("NVIDIA H200").
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_bf16_flops(device_kind: str) -> float | None:
+    """The chip's dense bf16 peak FLOP/s, None where the chip is not in the table."""
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_kind), None)
 
 
 def synthetic_batch(config, mesh, vocab: int = 1000) -> dict:
@@ -59,6 +68,59 @@ def synthetic_batch(config, mesh, vocab: int = 1000) -> dict:
     return {part: {name: batch[part][name] for name in arrays} for part, arrays in fields.items()}
 
 
+def measure(config, *, steps: int = 5, warmup: int = 1) -> dict:
+    """Compile the train step of ``config`` and time it on one synthetic batch.
+
+    ``step_s`` is the fastest of ``steps`` calls after ``warmup`` untimed ones, each waited
+    for alone. FLOPs and memory come from XLA's analyses of the compiled step (per device),
+    ``peak_bytes`` from the device allocator (None where the platform keeps no statistics),
+    MFU against ``peak_bf16_flops`` of the device (None when unknown).
+    """
+    trainer = Trainer(config, "/unused", data_factory=lambda c, m: iter(()))
+    host = synthetic_batch(config, trainer.mesh)
+    trainer.data = iter(lambda: host, None)
+    state = trainer.init_state()
+    batch = trainer.next_batch()
+    times = []
+    # Traced under the mesh, as the trainer's loop does: the same program as flam-train's.
+    with jax.set_mesh(trainer.mesh):
+        t0 = time.perf_counter()
+        compiled = trainer.step_fn(batch).lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    seconds = min(times)
+    flops = compiled_flops(compiled) * jax.device_count()
+    memory = compiled.memory_analysis()
+    device = jax.devices()[0]
+    kind = getattr(device, "device_kind", device.platform)
+    peak = peak_bf16_flops(kind)
+    stats = device.memory_stats() or {}
+    return {
+        "device_kind": kind,
+        "devices": jax.device_count(),
+        "sed_clips": config.data.sed_clips,
+        "global_batch": config.data.global_batch,
+        "examples_per_step": trainer.examples_per_step,
+        "compute_dtype": config.model.compute_dtype,
+        "step_s": seconds,
+        "step_s_all": times,
+        "examples_per_s": trainer.examples_per_step / seconds,
+        "compile_s": compile_s,
+        "flops_per_step": flops,
+        "peak_bf16_flops_per_chip": peak,
+        "mfu": flops / seconds / (peak * jax.device_count()) if peak and flops else None,
+        "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        "argument_bytes": getattr(memory, "argument_size_in_bytes", None),
+        "peak_bytes": stats.get("peak_bytes_in_use"),
+        "loss": float(metrics["loss"]),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=os.path.join(ROOT, "experiments/cpu_demo.py"))
@@ -69,39 +131,14 @@ def main(argv=None) -> int:
     config.model.text_weights = ""  # random weights time the same
     apply_assignments(config, args.set)
     validate(config)
-
-    holder = {}
-    trainer = Trainer(config, "/unused", data_factory=lambda c, m: holder.setdefault("it", iter(())))
-    host = synthetic_batch(config, trainer.mesh)
-    trainer.data = iter(lambda: host, None)
-    state = trainer.init_state()
-    batch = trainer.next_batch()
-    step = trainer.step_fn(batch)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    with jax.set_mesh(trainer.mesh):
-        state, metrics = step(state, batch)  # warm-up
-        jax.block_until_ready(metrics)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - t0) / args.steps
-    examples = trainer.examples_per_step
-    device = jax.devices()[0]
-    kind = getattr(device, "device_kind", device.platform)
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in kind), None)
-    mfu = f"{100 * flops / seconds / (peak * jax.device_count()):.1f}%" if peak and flops else "n/a"
-    print(f"device: {kind} x{jax.device_count()}  config: {args.config} {' '.join(args.set)}")
+    row = measure(config, steps=args.steps)
+    mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+    print(f"device: {row['device_kind']} x{row['devices']}  config: {args.config} {' '.join(args.set)}")
     print(
         f"| train step | {config.model.audio_size} + {config.model.text_tower}, SED {config.data.sed_clips}"
-        f" + global {config.data.global_batch}, {config.model.compute_dtype} | {seconds:.2f} s/step"
-        f" | {examples / seconds:.2f} examples/s | compile {compile_s:.0f} s"
-        f" | {flops / 1e12:.2f} TFLOP/step | MFU {mfu} | loss {float(metrics['loss']):.3f} |"
+        f" + global {config.data.global_batch}, {config.model.compute_dtype} | {row['step_s']:.2f} s/step"
+        f" | {row['examples_per_s']:.2f} examples/s | compile {row['compile_s']:.0f} s"
+        f" | {row['flops_per_step'] / 1e12:.2f} TFLOP/step | MFU {mfu} | loss {row['loss']:.3f} |"
     )
     return 0
 

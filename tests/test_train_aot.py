@@ -35,7 +35,7 @@ def test_cost_analysis_flops_are_per_device():
     a = jax.ShapeDtypeStruct((m, k), jnp.bfloat16, sharding=rows)
     b = jax.ShapeDtypeStruct((k, n), jnp.bfloat16, sharding=NamedSharding(mesh, PartitionSpec()))
     compiled = jax.jit(lambda x, y: x @ y, out_shardings=rows).lower(a, b).compile()
-    assert aot._flops(compiled) == pytest.approx(2 * m * k * n / 4)
+    assert aot.compiled_flops(compiled) == pytest.approx(2 * m * k * n / 4)
 
 
 def test_topology_devices_megacore_and_errors():

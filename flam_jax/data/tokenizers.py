@@ -163,8 +163,9 @@ def roberta_bpe(vocab_path: str, merges_path: str, context_length: int = 77) -> 
         raise ModelLoadError(f"{vocab_path} lacks the RoBERTa special tokens {absent}")
     backend.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = hf_tokenizers.decoders.ByteLevel()
+    # sep and cls by position: tokenizers 0.23 (the GPU image's) renamed the keyword cls to cls_token.
     backend.post_processor = hf_tokenizers.processors.RobertaProcessing(
-        sep=("</s>", vocab["</s>"]), cls=("<s>", vocab["<s>"]), add_prefix_space=False, trim_offsets=True
+        ("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]), add_prefix_space=False, trim_offsets=True
     )
     # <mask> swallows the space before it, as in RobertaTokenizer.
     backend.add_special_tokens(

@@ -208,7 +208,8 @@ class CompileReport:
         return "\n".join(lines) + "\n"
 
 
-def _flops(compiled) -> float:
+def compiled_flops(compiled) -> float:
+    """FLOPs per device of a compiled executable, from XLA's cost analysis (0 when absent)."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", 0.0))
@@ -270,7 +271,7 @@ def compile_train_step(config, topology: str, *, model_factory=None, batch_fn=No
     alias, temp = memory.alias_size_in_bytes, memory.temp_size_in_bytes
     code = memory.generated_code_size_in_bytes
     total = argument + output - alias + temp + code
-    flops_device = _flops(compiled)
+    flops_device = compiled_flops(compiled)
     flops_step = flops_device * chips
     bound = flops_device / peak if peak else None
     return CompileReport(

@@ -233,19 +233,24 @@ class Trainer:
         )
 
     # --- step
-    def _train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    def loss(self, params, state: TrainState, batch) -> tuple[jax.Array, tuple[dict, dict]]:
+        """The objective the step differentiates, at ``params`` and the rest of ``state``:
+        ``(loss, (metrics, updated extra state))``. Also jitted alone by the device check
+        (benchmarks/gpu_sections.py), which compares its value across compute dtypes."""
         step_key = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+        # Master weights stay split over 'fsdp'; the forward and backward passes use whole
+        # copies, so each device's weight gradients are its own partial sums, reduce-scattered
+        # onto the shards. Without this XLA may instead gather the activations of the global
+        # batch onto every device (tests/test_train_step.py).
+        params = jax.lax.with_sharding_constraint(params, sharding_lib.replicated(self.mesh))
+        model = self.model_def.merge(params, state.extra, step_key)
+        loss, metrics = self.objective(model, batch)
+        _, extra = self.model_def.split(model)
+        return loss, (metrics, extra)
 
+    def _train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
         def loss_fn(params):
-            # Master weights stay split over 'fsdp'; the forward and backward passes use
-            # whole copies, so each device's weight gradients are its own partial sums,
-            # reduce-scattered onto the shards. Without this XLA may instead gather the
-            # activations of the global batch onto every device (tests/test_train_step.py).
-            params = jax.lax.with_sharding_constraint(params, sharding_lib.replicated(self.mesh))
-            model = self.model_def.merge(params, state.extra, step_key)
-            loss, metrics = self.objective(model, batch)
-            _, extra = self.model_def.split(model)
-            return loss, (metrics, extra)
+            return self.loss(params, state, batch)
 
         (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
