@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
+from flam_jax import paths
 from flam_jax.config import base_config
 from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, InputError
@@ -49,15 +50,16 @@ def read_torch_state(path: str, *, allow_pickle: bool = False) -> dict[str, np.n
     prefix removed) as float32/int numpy arrays.
 
     ``allow_pickle`` lifts the weights-only restriction, for a file the user trusts that
-    also pickled other objects (which may run code when unpickled).
+    also pickled other objects (which may run code when unpickled). A ``gs://`` file is
+    read from a local copy (torch.load seeks).
     """
     import torch  # lazy: torch is a conversion-only dependency, not in requirements.txt
 
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals(_numpy_data()):
-            state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+            state = torch.load(paths.local_copy(path), map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # pickle errors, zip errors, refused globals
         how = "a torch checkpoint" if allow_pickle else "a weights-only torch checkpoint"
         hint = "" if allow_pickle else " (a file you trust may be read with --allow-pickle)"

@@ -28,11 +28,11 @@ else, missing or misshapen is a CheckpointError naming it.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
+from flam_jax import paths
 from flam_jax.audio import frontend
 from flam_jax.errors import CheckpointError, InputError
 from flam_jax.export import clap_layout, openflam_audio
@@ -165,7 +165,7 @@ def convert(
     found = detect_kind(state)
     if kind != "auto" and kind != found:
         raise CheckpointError(f"{checkpoint} is a {found} checkpoint, not {kind}")
-    source = os.path.abspath(checkpoint)
+    source = paths.resolve(checkpoint)
     if found == "clap":
         if text_tower is not None:
             raise InputError(

@@ -7,11 +7,11 @@ Unused or missing keys, or a shape that does not fit, are a CheckpointError nami
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
 
+from flam_jax import paths
 from flam_jax.errors import CheckpointError
 from flam_jax.export import clap_layout
 from flam_jax.export.export_dir import save_export
@@ -48,6 +48,6 @@ def convert(checkpoint: str, out_dir: str, tokenizer_dir: str | None = None) -> 
     weights = convert_state(state, model_cfg)
     vocab = int(weights["text.word_embeddings.embedding"].shape[0])
     tokenizer = clap_layout.roberta_tokenizer(tokenizer_dir, model_cfg, vocab)
-    source = f"openflam checkpoint {os.path.abspath(checkpoint)}"
+    source = f"openflam checkpoint {paths.resolve(checkpoint)}"
     save_export(out_dir, weights, model_cfg, tokenizer, source=source)
     return out_dir

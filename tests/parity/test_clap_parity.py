@@ -267,3 +267,21 @@ def test_flam_train_starts_from_the_converted_clap(tiny, tmp_path):
     report = json.loads((workdir / "init_report.json").read_text())
     assert {name.split("/")[0] for name in report["fresh"]} == {"scale_head", "bias_head"}
     assert len(report["loaded"]) == 223 and report["unused"] == {}
+
+
+def test_an_htsat_checkpoint_in_a_bucket_converts_into_the_bucket(tiny, tmp_path, capsys):
+    """gs:// on both sides, through the path layer, against the local GCS server."""
+    from gcs_emulator import BUCKET, emulator
+
+    from flam_jax import paths
+
+    ckpt = save_htsat_release(tiny.ref, str(tmp_path / "HTSAT_AudioSet_Saved_1.ckpt"))
+    with emulator():
+        remote = f"gs://{BUCKET}/ckpt/HTSAT_AudioSet_Saved_1.ckpt"
+        paths.write_bytes(remote, open(ckpt, "rb").read())
+        out = f"gs://{BUCKET}/exports/htsat"
+        assert convert_main(["--checkpoint", remote, "--text-tower", "roberta-tiny", "--out", out]) == 0
+        assert f"wrote {out}: HTS-AT audio tower" in capsys.readouterr().out
+        config = json.loads(paths.read_text(f"{out}/config.json"))
+        assert config["source"] == f"HTS-AT checkpoint {remote}" and "text" in config["untrained"]
+        assert paths.isfile(f"{out}/params.safetensors")
