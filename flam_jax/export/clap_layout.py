@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from flam_jax import paths
+from flam_jax.audio import frontend
 from flam_jax.config import base_config
 from flam_jax.data.tokenizers import load_tokenizer
 from flam_jax.errors import CheckpointError, InputError
@@ -26,7 +27,8 @@ from flam_jax.models.configs import HTSAT_CONFIGS, TEXT_CONFIGS
 from flam_jax.models.flam import build_model
 
 TEXT_PREFIX = "text_branch."
-PROJECTIONS = {"audio_projection": "audio_projection", "text_projection": "text_projection"}
+# The projections: the same names in both layouts and in ours.
+PROJECTIONS = ("audio_projection", "text_projection")
 # Hugging Face caches where openflam (cache_dir=/tmp/openflam) or transformers put roberta-base.
 _TOKENIZER_CACHES = ("/tmp/openflam", None)
 # DistributedDataParallel's wrapper prefix, which LAION-CLAP's training saves.
@@ -143,15 +145,15 @@ def convert_towers(
     what: str,
     *,
     untrained: tuple[str, ...] = (),
-    mel_sample_rates: tuple[int, ...] | None = None,
+    mel_sample_rates: tuple[int, ...] = (frontend.SAMPLE_RATE,),
 ) -> Conversion:
     """A Conversion holding the audio tower, the text tower (if ``text`` is not untrained),
     the projections (likewise) and the temperature, with the rest of ``state`` still to be
     consumed by the caller; the model's ``untrained`` modules are not targets."""
     model = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
     targets = {k: v for k, v in weight_shapes(model).items() if k.split(".", 1)[0] not in untrained}
-    kwargs = {} if mel_sample_rates is None else {"mel_sample_rates": mel_sample_rates}
-    audio_tree, _ = openflam_audio.convert_htsat(state, HTSAT_CONFIGS[model_config.audio_size], **kwargs)
+    audio_cfg = HTSAT_CONFIGS[model_config.audio_size]
+    audio_tree, _ = openflam_audio.convert_htsat(state, audio_cfg, mel_sample_rates=mel_sample_rates)
     rest = {k: v for k, v in state.items() if not k.startswith(openflam_audio.PREFIX)}
     conv = Conversion(rest, targets, what=what)
     for target, value in _flatten(audio_tree, "audio.").items():
@@ -159,9 +161,9 @@ def convert_towers(
     if "text" not in untrained:
         layers = TEXT_CONFIGS[model_config.text_tower].layers
         map_text_weights(conv, layers, source=TEXT_PREFIX, target="text.")
-    for source, target in PROJECTIONS.items():
-        if target not in untrained:
-            sequential_mlp(conv, source, target)
+    for name in PROJECTIONS:
+        if name not in untrained:
+            sequential_mlp(conv, name, name)
     if "logit_scale" not in untrained:
         conv.move("logit_scale_a", "logit_scale")
     return conv

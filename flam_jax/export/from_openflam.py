@@ -20,15 +20,6 @@ from flam_jax.export.export_dir import save_export
 HEADS = {"fc_per_text_logit_scale": "scale_head", "fc_per_text_logit_bias": "bias_head"}
 
 
-def read_checkpoint(path: str) -> dict[str, np.ndarray]:
-    """The .pth state dict as float32/int numpy arrays (safe loader only)."""
-    return clap_layout.read_torch_state(path)
-
-
-def default_model_config(state: Mapping[str, np.ndarray]):
-    return clap_layout.model_config_for(state)
-
-
 def convert_state(state: Mapping[str, np.ndarray], model_config) -> dict[str, np.ndarray]:
     """openflam state dict -> flat weights of ``build_model(model_config)`` (checked)."""
     conv = clap_layout.convert_towers(state, model_config, "openflam checkpoint")
@@ -43,8 +34,8 @@ def convert_state(state: Mapping[str, np.ndarray], model_config) -> dict[str, np
 
 def convert(checkpoint: str, out_dir: str, tokenizer_dir: str | None = None) -> str:
     """Convert ``checkpoint`` into the export directory ``out_dir``; returns ``out_dir``."""
-    state = read_checkpoint(checkpoint)
-    model_cfg = default_model_config(state)
+    state = clap_layout.read_torch_state(checkpoint)
+    model_cfg = clap_layout.model_config_for(state)
     weights = convert_state(state, model_cfg)
     vocab = int(weights["text.word_embeddings.embedding"].shape[0])
     tokenizer = clap_layout.roberta_tokenizer(tokenizer_dir, model_cfg, vocab)

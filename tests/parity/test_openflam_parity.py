@@ -152,10 +152,10 @@ def test_v1_base_full_size(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_state(tiny):
-    from flam_jax.export.from_openflam import default_model_config, read_checkpoint
+    from flam_jax.export.clap_layout import model_config_for, read_torch_state
 
-    state = read_checkpoint(tiny.pth)
-    return state, default_model_config(state)
+    state = read_torch_state(tiny.pth)
+    return state, model_config_for(state)
 
 
 def test_converter_lists_unexpected_and_missing_keys(tiny_state):
