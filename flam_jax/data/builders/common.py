@@ -56,6 +56,18 @@ def audio_features(**extra) -> tfds.features.FeaturesDict:
     )
 
 
+def timed_events(**extra) -> tfds.features.Sequence:
+    """A clip's events: onset and offset in seconds, a label, plus ``extra`` fields."""
+    return tfds.features.Sequence(
+        {
+            "onset": tfds.features.Scalar(dtype=np.float32),
+            "offset": tfds.features.Scalar(dtype=np.float32),
+            "label": tfds.features.Text(),
+            **extra,
+        }
+    )
+
+
 def captioned_clip_features(**extra) -> tfds.features.FeaturesDict:
     """The features of a captioned clip (``flam_clips``, ``flam_captioned``), plus ``extra``."""
     text_list = tfds.features.Sequence(tfds.features.Text())

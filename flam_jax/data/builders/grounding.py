@@ -28,7 +28,6 @@ offset ≥ onset ≥ 0, is a one-line DataError naming the file and the item.
 
 import json
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from flam_jax import paths
@@ -89,13 +88,7 @@ class FlamGrounding(common.Builder):
             features=common.audio_features(
                 captions=tfds.features.Sequence(tfds.features.Text()),
                 recording=tfds.features.Text(),
-                events=tfds.features.Sequence(
-                    {
-                        "onset": tfds.features.Scalar(dtype=np.float32),
-                        "offset": tfds.features.Scalar(dtype=np.float32),
-                        "label": tfds.features.Text(),
-                    }
-                ),
+                events=common.timed_events(),
             ),
         )
 

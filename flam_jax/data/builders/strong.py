@@ -13,7 +13,6 @@ a MID without a name is a one-line error naming it. ``label`` keeps the MID.
 
 from collections import OrderedDict
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from flam_jax import paths
@@ -54,16 +53,7 @@ class FlamStrong(common.Builder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Strongly labelled SED clips (FLAC, 48 kHz mono) with timed events.",
-            features=common.audio_features(
-                events=tfds.features.Sequence(
-                    {
-                        "onset": tfds.features.Scalar(dtype=np.float32),
-                        "offset": tfds.features.Scalar(dtype=np.float32),
-                        "label": tfds.features.Text(),
-                        "caption": tfds.features.Text(),
-                    }
-                )
-            ),
+            features=common.audio_features(events=common.timed_events(caption=tfds.features.Text())),
         )
 
     def _split_generators(self, dl_manager):
